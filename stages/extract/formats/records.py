@@ -55,3 +55,14 @@ class SkipCounter:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+@dataclass
+class MeshRecord:
+    """A labelled triangle mesh, what the synthetic world hands the format writers (and ScanNet's plys hold)."""
+
+    vertices: np.ndarray  # (N, 3) float32 metres
+    colors: np.ndarray  # (N, 3) uint8 RGB
+    faces: np.ndarray  # (M, 3) int32 vertex indices
+    labels: np.ndarray  # (N,) uint8 NYU40 ids (0 = unlabelled)
+    instances: np.ndarray | None = None  # (N,) int32 object instance ids (0 = none), for aggregation/segs files
