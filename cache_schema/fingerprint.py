@@ -1,0 +1,28 @@
+"""Canonical hashing of JSON-able values: the basis of a cache's fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+
+def _normalize(v: Any) -> Any:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"non-finite value {v} cannot be fingerprinted")
+        return float(repr(v)) if v != int(v) else int(v)  # 2.0 and 2 hash alike
+    if isinstance(v, dict):
+        return {str(k): _normalize(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_normalize(x) for x in v]
+    return v
+
+
+def canonical_json(v: Any) -> str:
+    return json.dumps(_normalize(v), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def canonical_hash(v: Any) -> str:
+    return hashlib.sha256(canonical_json(v).encode()).hexdigest()

@@ -1,0 +1,67 @@
+"""Shared fixtures: small synthetic caches built through the real writer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache_schema import (SCANNET20, CachedFrame, CacheWriter, DatasetInfo, ImageEncoding, Manifest,
+                          ProjectionParams, TeacherInfo)
+from cache_schema.image_codec import encode_image
+from cache_schema.layout import grid_shape
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def random_frame(rng: np.random.Generator, frame_id: int, h: int, w: int, c: int, stride: int,
+                 coverage: float = 0.3, fmt: str = "jpeg") -> CachedFrame:
+    gh, gw = grid_shape(h, w, stride)
+    n = int(coverage * gh * gw)
+    cells = np.sort(rng.choice(gh * gw, size=n, replace=False)).astype(np.int32)
+    image = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    pose = np.eye(4)
+    pose[:3, 3] = rng.normal(size=3)
+    return CachedFrame(
+        frame_id=frame_id, image=encode_image(image, fmt), image_size=(h, w),
+        labels=rng.choice(np.array(SCANNET20.ids + (0,), np.uint8), size=(h, w)),
+        intrinsics=np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], np.float64), pose=pose, cells=cells,
+        features=rng.normal(1.0, 2.0, size=(n, c)).astype(np.float16),
+        point_index=rng.integers(0, 10_000, n).astype(np.int32),
+        point_labels=rng.choice(np.array(SCANNET20.ids, np.uint8), size=n),
+        depth=rng.uniform(0.5, 5, n).astype(np.float16))
+
+
+def make_manifest(scenes: list[str], channels: int = 8, stride: int = 8, fmt: str = "jpeg") -> Manifest:
+    return Manifest(
+        dataset=DatasetInfo(name="scannet", label_space=SCANNET20.to_json(), scenes=sorted(scenes),
+                            split="explicit", input_fingerprint="test-inputs"),
+        projection=ProjectionParams(stride=stride),
+        encoding=ImageEncoding(format=fmt),
+        teacher=TeacherInfo(architecture="Res16UNet34C", backend="torch", checkpoint_sha256="random:0",
+                            voxel_size=0.02, feature_layer="block8", channels=channels) if channels else None,
+        producer={"name": "distill-cache", "version": "test"})
+
+
+@pytest.fixture
+def make_cache(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: a cache of random frames written through CacheWriter, finalized with global statistics."""
+
+    def build(name: str = "cache", scenes: int = 2, frames: int = 5, h: int = 48, w: int = 64, channels: int = 8,
+              seed: int = 0, leave_incomplete: tuple[str, ...] = (), fmt: str = "jpeg") -> Path:
+        rng = np.random.default_rng(seed)
+        names = [f"scene{i:04d}_00" for i in range(scenes)]
+        out = tmp_path / name
+        writer = CacheWriter.create(out, make_manifest(names, channels, fmt=fmt))
+        for s in names:
+            sw = writer.begin_scene(s, height=h, width=w)
+            for i in range(frames):
+                sw.add(random_frame(rng, i * 10, h, w, channels, 8, fmt=fmt))
+            if s not in leave_incomplete:
+                sw.commit()
+        writer.finalize_stats()
+        return out
+
+    return build
