@@ -1,11 +1,18 @@
 """The cache schema: the one contract between stage one (extract) and stage two (train). See SPEC.md."""
 
-from .errors import (CacheError, FingerprintMismatchError, IncompleteSceneError, ManifestError,
-                     SchemaVersionError)
+from .errors import CacheError, FingerprintMismatchError, IncompleteSceneError, ManifestError, SchemaVersionError
 from .labels import IGNORE, LABEL_SPACES, S3DIS13, SCANNET20, LabelSpace
 from .layout import grid_shape
-from .manifest import (SCHEMA_VERSION, DatasetInfo, GlobalStats, ImageEncoding, Manifest, ProjectionParams,
-                       TeacherInfo, validate_scene_name)
+from .manifest import (
+                     SCHEMA_VERSION,
+                     DatasetInfo,
+                     GlobalStats,
+                     ImageEncoding,
+                     Manifest,
+                     ProjectionParams,
+                     TeacherInfo,
+                     validate_scene_name,
+)
 from .moments import Moments, merge_all
 from .reader import CacheReader, SceneReader, open_cache
 from .records import CachedFrame, FrameBlock

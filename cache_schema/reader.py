@@ -138,7 +138,8 @@ class CacheReader:
     def scene(self, name: str) -> SceneReader:
         validate_scene_name(name)
         if name not in self.manifest.dataset.scenes:
-            raise CacheError(f"{self.url}: no scene {name!r} in this cache (it has {len(self.manifest.dataset.scenes)})")
+            n = len(self.manifest.dataset.scenes)
+            raise CacheError(f"{self.url}: no scene {name!r} in this cache (it has {n})")
         status = self.scene_status(name)
         if status != "complete":
             raise IncompleteSceneError(f"{self.url}: scene {name} is {status} (no completion marker); "

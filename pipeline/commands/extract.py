@@ -1,0 +1,94 @@
+"""`distill-cache extract`: stage one over a dataset root into a cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.cli import package_version
+from pipeline.options import parse_scene_list, parse_size
+
+
+@click.command("extract")
+@click.option("--dataset", type=click.Choice(["scannet", "s3dis", "nyu"]), required=True,
+              help="Dataset format of ROOT.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Dataset root as it sits on disk (e.g. the folder holding scans/ for ScanNet).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Cache directory (created, or resumed if it holds a cache with the same fingerprint).")
+@click.option("--split-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Official split file (one scene name per line).")
+@click.option("--scenes", help="Explicit comma-separated scene list (instead of a split file).")
+@click.option("--label-map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ScanNet label table (default ROOT/scannetv2-labels.combined.tsv).")
+@click.option("--layout", type=click.Choice(["sens", "export", "25k"]), default="sens", show_default=True,
+              help="ScanNet on-disk layout.")
+@click.option("--nyu-split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
+              help="NYU-v2 split to ingest (2D only: images and labels, no features).")
+@click.option("--teacher-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Res16UNet34C state_dict (.pth, loaded with weights_only=True, or .safetensors).")
+@click.option("--teacher-init", type=click.Choice(["checkpoint", "random"]), default="checkpoint",
+              show_default=True, help="'random' = seeded random weights, for debugging and benchmarks.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --teacher-init random.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "minkowski", "spconv"]), default="auto",
+              show_default=True, help="Sparse-convolution backend of the teacher.")
+@click.option("--device", default="cpu", show_default=True, help="Teacher device (cpu, cuda, cuda:1...).")
+@click.option("--layer", default="block8", show_default=True, help="Teacher layer whose features are cached.")
+@click.option("--frame-skip", type=int, default=1, show_default=True, help="Use every N-th frame (20, 100 common).")
+@click.option("--stride", type=int, default=8, show_default=True, help="Keep one cell every K pixels.")
+@click.option("--dilation", type=int, default=0, show_default=True, help="Splat radius R in pixels.")
+@click.option("--depth-check/--no-depth-check", default=True, show_default=True,
+              help="Drop points whose depth disagrees with the sensor depth.")
+@click.option("--depth-abs-tol", type=float, default=0.1, show_default=True, help="Depth check: metres.")
+@click.option("--depth-rel-tol", type=float, default=0.05, show_default=True, help="Depth check: fraction.")
+@click.option("--sampling", type=click.Choice(["pixel", "cell"]), default="pixel", show_default=True,
+              help="pixel: the point at pixel (K*i, K*j) (the paper); cell: nearest point in each KxK cell.")
+@click.option("--image-size", help="Store images resized to WxH (intrinsics scaled), e.g. 640x480.")
+@click.option("--image-format", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True)
+@click.option("--jpeg-quality", type=int, default=90, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Scenes in parallel on a local dask cluster (1 = in-process).")
+@click.option("--scheduler", help="Address of a running dask scheduler (tcp://host:8786) to use instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split, teacher_checkpoint, teacher_init,
+            seed, backend, device, layer, frame_skip, stride, dilation, depth_check, depth_abs_tol, depth_rel_tol,
+            sampling, image_size, image_format, jpeg_quality, workers, scheduler, as_json, quiet):
+    """Run the 3D teacher once per scene, project its per-point features into every frame (z-buffer, every K-th
+    pixel) and write one complete scene group per scene into the cache. Rerunning resumes: complete scenes are
+    kept, incomplete ones are redone."""
+    from pipeline.extraction import LockedError, TeacherSpec, report_json, run_extraction, summary_table
+    from stages.extract.formats.registry import DatasetSpec
+    from stages.extract.job import JobConfig
+    from stages.extract.projection import ProjectionConfig
+
+    if dataset != "nyu" and teacher_init == "checkpoint" and teacher_checkpoint is None:
+        raise click.UsageError("give --teacher-checkpoint PATH (or --teacher-init random for debugging); "
+                               "`distill-cache train-teacher` makes one for a synthetic world")
+    spec = DatasetSpec(name=dataset, root=root, scenes=parse_scene_list(scenes), split_file=split_file,
+                       label_map=label_map, layout=layout, split=nyu_split)
+    teacher = TeacherSpec(checkpoint=teacher_checkpoint, init=teacher_init, seed=seed, backend=backend, device=device,
+                          layer=layer)
+    job = JobConfig(projection=ProjectionConfig(stride=stride, dilation=dilation, depth_check=depth_check,
+                                                depth_abs_tol=depth_abs_tol, depth_rel_tol=depth_rel_tol,
+                                                sampling=sampling),
+                    frame_skip=frame_skip, image_size=parse_size(image_size), image_format=image_format,
+                    jpeg_quality=jpeg_quality)
+    log = (lambda m: print(m, file=sys.stderr)) if as_json else click.echo
+    try:
+        report = run_extraction(spec, teacher, out, job, workers=workers, scheduler=scheduler,
+                                version=package_version(), progress=not quiet, log=log)
+    except (LockedError, ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(report_json(report), indent=2, default=str))
+    else:
+        click.echo(summary_table(report))
+        click.echo(f"cache {out}  fingerprint {report.fingerprint[:16]}  backend {report.backend}  "
+                   f"{report.wall_seconds:.1f}s")
+    if report.failed:
+        raise click.ClickException(f"{len(report.failed)} scene(s) failed and stay incomplete: "
+                                   + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
