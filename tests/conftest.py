@@ -8,8 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache_schema import (SCANNET20, CachedFrame, CacheWriter, DatasetInfo, ImageEncoding, Manifest,
-                          ProjectionParams, TeacherInfo)
+from cache_schema import (
+    SCANNET20,
+    CachedFrame,
+    CacheWriter,
+    DatasetInfo,
+    ImageEncoding,
+    Manifest,
+    ProjectionParams,
+    TeacherInfo,
+)
 from cache_schema.image_codec import encode_image
 from cache_schema.layout import grid_shape
 

@@ -9,8 +9,16 @@ from conftest import make_manifest, random_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache_schema import (CacheError, CacheWriter, FingerprintMismatchError, IncompleteSceneError, ManifestError,
-                          Moments, SchemaVersionError, open_cache)
+from cache_schema import (
+    CacheError,
+    CacheWriter,
+    FingerprintMismatchError,
+    IncompleteSceneError,
+    ManifestError,
+    Moments,
+    SchemaVersionError,
+    open_cache,
+)
 from cache_schema.image_codec import decode_image
 
 
