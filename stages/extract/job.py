@@ -15,7 +15,7 @@ from cache_schema.image_codec import encode_image
 
 from .formats.common import DatasetReader
 from .formats.records import FrameRecord, SkipCounter
-from .projection import ProjectionConfig, project_points
+from .projection import PointColumns, ProjectionConfig, project_points
 
 
 class FeatureTeacher(Protocol):
@@ -102,7 +102,7 @@ def extract_scene(dataset: DatasetReader, name: str, teacher: FeatureTeacher | N
     space_unlabelled = 0 if dataset.label_space.startswith("nyu40") else 255
     t = time.perf_counter()
     channels = teacher.channels if teacher is not None else 0
-    features = point_labels = points = None
+    features = point_labels = columns = finite_index = None
     if teacher is not None:
         scene = dataset.load_scene(name)
         t = timer.add("read", t)
@@ -116,9 +116,10 @@ def extract_scene(dataset: DatasetReader, name: str, teacher: FeatureTeacher | N
         features[finite] = teacher.point_features(points[finite], scene.colors[finite]).astype(np.float16)
         if not np.isfinite(features[finite]).all():
             raise ExtractionError(f"scene {name}: the teacher produced NaN/Inf features (float16 overflow?)")
-        # non-finite points can never be projected: park them behind every camera
-        points = np.where(finite[:, None], points, np.float32(0))
-        valid_point = finite
+        # only finite points are projected; their indices map back to the scene's point array (order kept,
+        # so z-buffer ties still go to the lower original index)
+        finite_index = np.flatnonzero(finite)
+        columns = PointColumns.of(points[finite_index])
         point_labels = np.asarray(scene.labels, np.uint8)
         t = timer.add("teacher", t)
 
@@ -132,10 +133,9 @@ def extract_scene(dataset: DatasetReader, name: str, teacher: FeatureTeacher | N
         h, w = labels.shape
         if teacher is not None:
             depth = frame.depth if cfg.projection.depth_check else None
-            proj = project_points(points, frame.pose, k, h, w, cfg.projection, depth=depth,
+            proj = project_points(columns, frame.pose, k, h, w, cfg.projection, depth=depth,
                                   depth_intrinsics=frame.depth_intrinsics)
-            keep = valid_point[proj.point_index]
-            cells, pidx, z = proj.cells[keep], proj.point_index[keep], proj.depth[keep]
+            cells, pidx, z = proj.cells, finite_index[proj.point_index], proj.depth
             feats, plabels = features[pidx], point_labels[pidx]
         else:
             cells, pidx, z = np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.float32)

@@ -39,10 +39,9 @@ def test_exact_nearest_point_at_anchor_pixel():
     pts, pose = _scene(3, 20_000)
     cfg = ProjectionConfig(stride=8, depth_check=False)
     res = project_points(pts, pose, K, 48, 64, cfg)
-    cam = world_to_camera(pts, pose)
-    z = cam[:, 2]
-    u = np.rint(cam[:, 0] / z * np.float32(60) + np.float32(31.5))
-    v = np.rint(cam[:, 1] / z * np.float32(60) + np.float32(23.5))
+    x, y, z = world_to_camera(pts, pose)
+    u = np.rint(x * (np.float32(1) / z) * np.float32(60) + np.float32(31.5))
+    v = np.rint(y * (np.float32(1) / z) * np.float32(60) + np.float32(23.5))
     seen = 0
     for i in range(6):
         for j in range(8):
