@@ -130,7 +130,7 @@ def test_real_tables_drive_the_reader(tmp_path: Path) -> None:
 def test_bad_input(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     write_nyu(tmp_path, random_frames(rng, 2, 4, 6), train_idx=[0], test_idx=[1])
-    with pytest.raises(NotImplementedError, match="2D-only"):
+    with pytest.raises(FormatError, match="2D-only"):
         NYUDataset(tmp_path).load_scene("nyu_train")
     with pytest.raises(FormatError, match="nyu_val"):
         list(NYUDataset(tmp_path).frames("nyu_val"))

@@ -134,7 +134,7 @@ class NYUDataset:
         return ["nyu_train", "nyu_test"] if self.split == "all" else [f"nyu_{self.split}"]
 
     def load_scene(self, name: str) -> SceneRecord:
-        raise NotImplementedError(f"NYU-Depth-v2 is a 2D-only dataset (has_3d=False): scene {name!r} has no "
+        raise FormatError(f"NYU-Depth-v2 is a 2D-only dataset (has_3d=False): scene {name!r} has no "
                                   "point cloud; use frames()")
 
     def indices(self, name: str) -> np.ndarray:
