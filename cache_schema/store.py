@@ -25,7 +25,11 @@ def open_store(url: str | Path, *, read_only: bool, storage_options: dict[str, A
     if is_remote(url):
         if not read_only:
             raise ValueError(f"remote caches are read-only: {url}")
-        return FsspecStore.from_url(str(url), read_only=True, storage_options=storage_options or {})
+        from .remote import ChunkCacheStore, chunk_cache_dir
+
+        directory, options = chunk_cache_dir(storage_options)
+        store = FsspecStore.from_url(str(url), read_only=True, storage_options=options)
+        return ChunkCacheStore(store, directory, str(url)) if directory else store
     path = local_path(url)
     if read_only and not (path / "zarr.json").exists():
         raise FileNotFoundError(f"no cache at {path} (missing {path / 'zarr.json'})")
