@@ -60,7 +60,9 @@ class _Stream:
         self.sha = hashlib.sha256()
 
     def add(self, rows: np.ndarray) -> None:
-        rows = np.ascontiguousarray(rows, dtype=self.spec.dtype).reshape(-1, *self.spec.row_shape)
+        rows = np.ascontiguousarray(rows, dtype=self.spec.dtype)
+        if rows.ndim != 1 + len(self.spec.row_shape):  # -1 is ambiguous for zero-width rows (2D-only caches)
+            rows = rows.reshape(-1, *self.spec.row_shape)
         self.sha.update(rows.tobytes())
         self.pending.append(rows)
         self.pending_rows += rows.shape[0]

@@ -27,7 +27,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 def random_frame(rng: np.random.Generator, frame_id: int, h: int, w: int, c: int, stride: int,
                  coverage: float = 0.3, fmt: str = "jpeg") -> CachedFrame:
     gh, gw = grid_shape(h, w, stride)
-    n = int(coverage * gh * gw)
+    n = int(coverage * gh * gw) if c else 0  # 2D-only caches (no teacher) have no covered cells
     cells = np.sort(rng.choice(gh * gw, size=n, replace=False)).astype(np.int32)
     image = (rng.random((h, w, 3)) * 255).astype(np.uint8)
     pose = np.eye(4)

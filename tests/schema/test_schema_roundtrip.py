@@ -174,3 +174,12 @@ def test_plain_zarr_numpy_reading_as_in_spec(make_cache):
     ref = open_cache(path).scene("scene0000_00").read_frame(1).features
     np.testing.assert_array_equal(feats, ref)
     assert root.attrs["schema_version"] == 1 and len(root.attrs["stats"]["mean"]) == 8
+
+
+def test_two_d_only_cache_without_features(make_cache):
+    """NYU-v2-like caches hold images and labels but no features (channels 0)."""
+    path = make_cache(scenes=1, frames=3, channels=0)
+    cache = open_cache(path)
+    f = cache.scene("scene0000_00").read_frame(1)
+    assert cache.manifest.teacher is None and cache.manifest.stats is None
+    assert f.features.shape == (f.cells.shape[0], 0)
