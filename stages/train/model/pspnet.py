@@ -1,0 +1,92 @@
+"""PSPNet (Zhao et al. 2017) on the dilated ResNet: the 2D network Φ2D of the paper's Figure 2.
+
+    image (B,3,H,W) → backbone → layer3 (B,1024|256,H/8,W/8), layer4 (B,2048|512,H/8,W/8)
+    layer4 → pyramid pooling (bins 1,2,3,6, each 1x1 conv to in/4 channels: 512 for ResNet-50/101, 128 for 18/34)
+          → context = concat(layer4, 4 pooled maps)           (B,4096|1024,H/8,W/8)
+    context → 3x3 conv+BN+ReLU → f2d                          (B,512,H/8,W/8)  the feature before the classifier
+    [f2d | extra] → Dropout(0.1) → 1x1 conv → logits          upsampled bilinearly to (H, W)
+    layer3 → 3x3 conv+BN+ReLU (256) → Dropout → 1x1 conv       auxiliary logits (loss weight 0.4, training only)
+
+``extra_channels`` widens the classifier's input for features concatenated to f2d (the calibrated f3d_sim of
+the distillation branch). Upsampling uses ``align_corners=True`` as PSPNet does: with H = 8k+1 it is exact for
+the stride-8 grid whose cell i sits on pixel 8i.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.train.model.resnet import DilatedResNet
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling module: average-pool to each bin size, 1x1 reduce, upsample, concatenate."""
+
+    def __init__(self, in_channels: int, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        self.reduction = in_channels // len(bins)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(in_channels, self.reduction, 1, bias=False),
+                          nn.BatchNorm2d(self.reduction), nn.ReLU(inplace=True)) for b in bins)
+        self.out_channels = in_channels + self.reduction * len(bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        return torch.cat([x] + [F.interpolate(s(x), size, mode="bilinear", align_corners=True)
+                                for s in self.stages], dim=1)
+
+
+@dataclass
+class PSPFeatures:
+    layer3: torch.Tensor  # (B, C3, H/8, W/8) input of the auxiliary head
+    context: torch.Tensor  # (B, Cppm, H/8, W/8) pyramid pooling output
+    f2d: torch.Tensor  # (B, 512, H/8, W/8)
+
+
+class PSPNet(nn.Module):
+    def __init__(self, depth: int = 50, num_classes: int = 20, extra_channels: int = 0, aux: bool = True,
+                 f2d_channels: int = 512, dropout: float = 0.1, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.backbone = DilatedResNet(depth)
+        self.ppm = PyramidPooling(self.backbone.out_channels, bins)
+        self.bottleneck = conv_bn_relu(self.ppm.out_channels, f2d_channels)
+        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(f2d_channels + extra_channels,
+                                                                          num_classes, 1))
+        self.aux_head = nn.Sequential(conv_bn_relu(self.backbone.layer3_channels, 256), nn.Dropout2d(dropout),
+                                      nn.Conv2d(256, num_classes, 1)) if aux else None
+        self.f2d_channels, self.extra_channels = f2d_channels, extra_channels
+
+    def encode(self, image: torch.Tensor) -> PSPFeatures:
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"PSPNet expects images (B, 3, H, W), got {tuple(image.shape)}")
+        layer3, layer4 = self.backbone(image)
+        context = self.ppm(layer4)
+        return PSPFeatures(layer3=layer3, context=context, f2d=self.bottleneck(context))
+
+    def classify(self, f2d: torch.Tensor, size: tuple[int, int], extra: torch.Tensor | None = None) -> torch.Tensor:
+        x = f2d if extra is None else torch.cat([f2d, extra], dim=1)
+        if x.shape[1] != self.f2d_channels + self.extra_channels:
+            raise ValueError(f"classifier expects {self.f2d_channels + self.extra_channels} channels, got "
+                             f"{x.shape[1]}")
+        return F.interpolate(self.classifier(x), size, mode="bilinear", align_corners=True)
+
+    def auxiliary(self, layer3: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
+        if self.aux_head is None:
+            return None
+        return F.interpolate(self.aux_head(layer3), size, mode="bilinear", align_corners=True)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Plain PSPNet logits (B, num_classes, H, W); only valid without extra classifier channels."""
+        size = (image.shape[-2], image.shape[-1])
+        return self.classify(self.encode(image).f2d, size)

@@ -1,0 +1,195 @@
+"""The student: PSPNet with the 3D-to-2D distillation branch (paper Figure 2, orange; Figure 3).
+
+Shapes for a (B, 3, H, W) image, h = ceil(H/8), w = ceil(W/8), C3D = ``feature_channels`` (the cache's
+teacher channels, e.g. 96), Cppm = 4096 (ResNet-50/101) or 1024 (18/34):
+
+    context (B,Cppm,h,w) ─► 3x3 conv+BN+ReLU ─► f2d (B,512,h,w) ───────────────────────────┐
+                                                   │                                        concat (B,512+C3D,h,w)
+                                                   └► Conv1: 3x3 conv(512→C3D)+BN+ReLU,     │ ─► classifier ─► logits
+                                                      1x1 conv(C3D→C3D)                     │
+            ─► DN1 (target μ̄3D, σ̄3D: the cache's global statistics)                         │    (B,K,H,W)
+            ─► Conv2: 3x3 conv(C3D→C3D)+BN+ReLU, 1x1 conv(C3D→C3D) ─► f3d_sim (B,C3D,h,w)    │
+            ─► DN2 (target μ̄2D, σ̄2D: statistics of f2d, pooled over its channels) ─────────┘
+
+``f3d_sim`` (before DN2) is what the paired L2 loss (Eq. 1) and the adversarial loss (Eq. 3-4) see; DN2 only
+calibrates it for concatenation, without convolution ("its structure follows that of DN1, except that we do not
+need any additional convolutional layer"). The branch reads f2d, the 2D feature of Figure 2 (the authors'
+released code reads the wider pyramid-pooling context instead; that costs +42 % MACs for ResNet-50 against
+a few % here, and the paper is what we follow). At inference the branch needs no 3D input: f3d_sim comes
+from the image.
+
+- ``feature_channels=0``: the PSPNet baseline, no branch.
+- ``norm="bn"``: BatchNorm in place of both DNs, convolutions kept (Table 7 ablation).
+- ``multitask_depth=True``: the Multitask baseline of Table 2 / Figure 4(a): the same branch predicts one channel
+  of depth (output ``depth``) instead of simulating 3D features; BN is used in place of the DNs (there are no
+  3D statistics to aim at) and the calibrated depth is concatenated to f2d like f3d_sim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from stages.train.model.dimension_norm import DimensionNorm
+from stages.train.model.pspnet import PSPNet, conv_bn_relu
+from stages.train.model.resnet import load_pretrained
+
+MULTITASK_HIDDEN = 96  # branch width of the Multitask baseline when the cache has no features
+
+
+@dataclass
+class StudentConfig:
+    depth: int = 50
+    num_classes: int = 20
+    feature_channels: int = 96  # C3D; 0 = PSPNet baseline without the branch
+    norm: Literal["dn", "bn"] = "dn"
+    aux: bool = True
+    multitask_depth: bool = False
+    pretrained: Path | None = None  # ImageNet deep-stem ResNet state_dict; None = random init
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("dn", "bn"):
+            raise ValueError(f"norm must be 'dn' or 'bn', got {self.norm!r}")
+        if self.feature_channels < 0:
+            raise ValueError(f"feature_channels must be >= 0, got {self.feature_channels}")
+
+    @property
+    def has_branch(self) -> bool:
+        return self.multitask_depth or self.feature_channels > 0
+
+
+@dataclass
+class StudentOutput:
+    logits: torch.Tensor  # (B, K, H, W)
+    aux_logits: torch.Tensor | None  # (B, K, H, W), training mode with aux only
+    f2d: torch.Tensor  # (B, 512, H/8, W/8)
+    f3d_sim: torch.Tensor | None  # (B, C3D, H/8, W/8), None for the baseline and the Multitask model
+    depth: torch.Tensor | None = None  # (B, 1, H/8, W/8), Multitask model only
+
+
+@dataclass
+class ModelCost:
+    """Deployed (eval-mode, no auxiliary head) cost at one input size; MACs of convolutions only."""
+
+    image_size: tuple[int, int]
+    params: int
+    params_branch: int  # branch + the classifier's extra input columns
+    macs: int
+    macs_branch: int
+
+    @property
+    def params_without_branch(self) -> int:
+        return self.params - self.params_branch
+
+    @property
+    def macs_without_branch(self) -> int:
+        return self.macs - self.macs_branch
+
+
+class DistillationBranch(nn.Module):
+    """Conv1 → DN1 → Conv2 → f3d_sim, and DN2 for calibrating it before concatenation (see module docstring)."""
+
+    def __init__(self, in_channels: int, mid_channels: int, hidden: int, out_channels: int,
+                 norm: Literal["dn", "bn"]) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(conv_bn_relu(in_channels, mid_channels), nn.Conv2d(mid_channels, hidden, 1))
+        self.conv2 = nn.Sequential(conv_bn_relu(hidden, hidden), nn.Conv2d(hidden, out_channels, 1))
+        self.norm = norm
+        if norm == "dn":
+            self.dn1: nn.Module = DimensionNorm(hidden, target="fixed")
+            self.dn2: nn.Module = DimensionNorm(out_channels, target="tracked", target_channels=1)
+        else:
+            self.dn1, self.dn2 = nn.BatchNorm2d(hidden), nn.BatchNorm2d(out_channels)
+
+    def forward(self, source: torch.Tensor, f2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (f3d_sim, calibrated f3d_sim)."""
+        if isinstance(self.dn1, DimensionNorm) and self.training and not bool(self.dn1.target_stats_set):
+            raise RuntimeError("DN1 has no 3D target statistics: call Student.set_target_stats(mean, var) with the "
+                               "cache's global feature statistics before training")
+        f3d_sim = self.conv2(self.dn1(self.conv1(source)))
+        calibrated = self.dn2(f3d_sim, f2d) if isinstance(self.dn2, DimensionNorm) else self.dn2(f3d_sim)
+        return f3d_sim, calibrated
+
+
+class Student(nn.Module):
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.multitask_depth:
+            hidden, out = config.feature_channels or MULTITASK_HIDDEN, 1
+        else:
+            hidden = out = config.feature_channels
+        self.pspnet = PSPNet(config.depth, config.num_classes, extra_channels=out if config.has_branch else 0,
+                             aux=config.aux)
+        self.branch = DistillationBranch(
+            self.pspnet.f2d_channels, hidden, hidden, out,
+            "bn" if config.multitask_depth else config.norm) if config.has_branch else None
+        if config.pretrained is not None:
+            load_pretrained(self.pspnet.backbone, config.pretrained)
+
+    def set_target_stats(self, mean: torch.Tensor | list[float], var: torch.Tensor | list[float]) -> None:
+        """Give DN1 the cache's global 3D feature statistics (per channel mean and variance)."""
+        if self.branch is None or not isinstance(self.branch.dn1, DimensionNorm):
+            raise ValueError("this student has no DN1 (baseline, --norm bn or Multitask): no target statistics")
+        self.branch.dn1.set_target_stats(mean, var)
+
+    @property
+    def needs_target_stats(self) -> bool:
+        return (self.branch is not None and isinstance(self.branch.dn1, DimensionNorm)
+                and not bool(self.branch.dn1.target_stats_set))
+
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(pretrained backbone, newly initialised head+branch): PSPNet trains the second at 10x the LR."""
+        backbone = list(self.pspnet.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        return backbone, [p for p in self.parameters() if id(p) not in ids]
+
+    def forward(self, image: torch.Tensor) -> StudentOutput:
+        size = (image.shape[-2], image.shape[-1])
+        feats = self.pspnet.encode(image)
+        f3d_sim = calibrated = depth = None
+        if self.branch is not None:
+            sim, calibrated = self.branch(feats.f2d, feats.f2d)
+            if self.config.multitask_depth:
+                depth = sim
+            else:
+                f3d_sim = sim
+        logits = self.pspnet.classify(feats.f2d, size, calibrated)
+        aux = self.pspnet.auxiliary(feats.layer3, size) if self.training else None
+        return StudentOutput(logits=logits, aux_logits=aux, f2d=feats.f2d, f3d_sim=f3d_sim, depth=depth)
+
+    def cost(self, image_size: tuple[int, int] = (473, 473)) -> ModelCost:
+        """Parameters and convolution MACs of the deployed model, with and without the branch.
+
+        Counted on a meta-device copy, so it is cheap at any size and leaves this model untouched.
+        """
+        with torch.device("meta"):
+            model = Student(replace(self.config, pretrained=None)).eval()
+        deployed = [(n, p) for n, p in model.named_parameters() if not n.startswith("pspnet.aux_head")]
+        params = sum(p.numel() for _, p in deployed)
+        params_branch = sum(p.numel() for n, p in deployed if n.startswith("branch."))
+        extra = model.pspnet.extra_channels * self.config.num_classes
+        macs = {"total": 0, "branch": 0}
+
+        def count(name: str):
+            def hook(module: nn.Conv2d, _inp: tuple, out: torch.Tensor) -> None:
+                per_out = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+                n = out.numel() // out.shape[0] * per_out
+                macs["total"] += n
+                if name.startswith("branch."):
+                    macs["branch"] += n
+            return hook
+
+        handles = [m.register_forward_hook(count(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        with torch.no_grad():
+            model(torch.empty(1, 3, *image_size, device="meta"))
+        for h in handles:
+            h.remove()
+        cells = -(-image_size[0] // 8) * -(-image_size[1] // 8)
+        return ModelCost(image_size=image_size, params=params, params_branch=params_branch + extra,
+                         macs=macs["total"], macs_branch=macs["branch"] + extra * cells)
+
