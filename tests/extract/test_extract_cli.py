@@ -1,0 +1,104 @@
+"""Stage one end to end through the CLI on a tiny synthetic ScanNet-format world."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cache_schema import open_cache
+from pipeline.cli import main
+
+EXTRACT = ["--dataset", "scannet", "--teacher-init", "random", "--seed", "3", "--backend", "torch", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    r = CliRunner().invoke(main, ["synth", "scannet", str(root), "--scenes", "3", "--frames", "5", "--seed", "1",
+                                  "--size", "80x60", "--vertex-spacing", "0.1"])
+    assert r.exit_code == 0, r.output
+    return root
+
+
+def _checksums(path: Path) -> dict[str, dict]:
+    cache = open_cache(path)
+    return {s: cache.scene(s).attrs["checksums"] for s in cache.complete_scenes()}
+
+
+def _extract(world: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline.cli", "extract", "--root", str(world), "--out", str(out), *EXTRACT, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def reference_cache(world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "cache"
+    r = _extract(world, out)
+    assert r.returncode == 0, r.stderr + r.stdout
+    return out
+
+
+def test_extract_writes_a_complete_cache(reference_cache):
+    r = CliRunner().invoke(main, ["inspect", str(reference_cache), "--json"])
+    s = json.loads(r.output)
+    assert s["scenes_complete"] == 3 and s["scenes_incomplete"] == 0 and s["frames"] == 15
+    assert s["channels"] == 96 and 0.05 < s["coverage"] <= 1.0
+    assert s["teacher"]["checkpoint_sha256"] == "random:3" and s["stats"]["count"] > 0
+    cache = open_cache(reference_cache)
+    f = cache.scene(cache.complete_scenes()[0]).read_frame(2)
+    assert f.image_size == (60, 80) and f.features.shape[1] == 96
+
+
+def test_rerun_skips_complete_scenes_and_other_parameters_are_refused(world, reference_cache):
+    r = _extract(world, reference_cache)
+    assert r.returncode == 0 and "3 of 3 scenes already complete" in (r.stdout + r.stderr)
+    r = _extract(world, reference_cache, "--stride", "4")
+    assert r.returncode != 0 and "projection.stride" in r.stderr
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(world, reference_cache, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "pipeline.cli", "extract", "--root", str(world), "--out", str(out), *EXTRACT]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    # kill as soon as the first scene is complete: the second one is then half written
+    while time.time() < deadline and proc.poll() is None:
+        marks = list(out.glob("scenes/*/zarr.json"))
+        if any('"complete": true' in m.read_text() for m in marks):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = open_cache(out)
+    assert len(partial.complete_scenes()) < 3
+    r = _extract(world, out)
+    assert r.returncode == 0, r.stderr
+    assert _checksums(out) == _checksums(reference_cache)
+    assert open_cache(out).manifest.stats == open_cache(reference_cache).manifest.stats
+
+
+def test_concurrent_extraction_is_refused(world, tmp_path):
+    out = tmp_path / "locked"
+    out.mkdir()
+    (out / ".extract.lock").write_text(f"{os.uname().nodename} {os.getpid()}")  # a live process holds it
+    r = _extract(world, out)
+    assert r.returncode != 0 and "being written by another extraction" in r.stderr
+
+
+def test_dask_workers_give_the_same_cache(world, reference_cache, tmp_path):
+    out = tmp_path / "dask"
+    r = _extract(world, out, "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert "dashboard" in r.stdout + r.stderr
+    assert _checksums(out) == _checksums(reference_cache)
+    ref, got = open_cache(reference_cache).manifest.stats, open_cache(out).manifest.stats
+    assert got.count == ref.count
+    assert max(abs(a - b) for a, b in zip(got.mean, ref.mean, strict=True)) < 1e-12
