@@ -9,7 +9,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 SCENES_GROUP = "scenes"
 IMAGE_CHUNK_BYTES = 1 << 20  # ~16 JPEG frames of 640x480 per chunk: a block of frames is 1-2 store reads
 CELL_CHUNK = 8192  # ~11 frames of cells at 15 % coverage of a 60x80 grid; 1.5 MB of 96-ch float16 per chunk
-FRAME_CHUNK = 4096  # per-frame scalars (poses, ids, offsets) are tiny: one chunk holds a whole scene
+FRAME_CHUNK = 4096  # upper bound; per-frame arrays are written once, as one chunk of exactly F (or F+1) rows
 LABEL_CHUNK_FRAMES = 4
 
 
@@ -24,6 +24,8 @@ class ArraySpec:
     def compressors(self):
         if self.codec == "lz4":
             return BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.shuffle)
+        if self.codec == "lz4-raw":  # already-compressed bytes: no shuffle; only squeezes the last chunk's padding
+            return BloscCodec(cname="lz4", clevel=1, shuffle=BloscShuffle.noshuffle, typesize=1)
         if self.codec == "zstd":
             return ZstdCodec(level=1)
         return None
@@ -44,7 +46,7 @@ def frame_arrays() -> list[ArraySpec]:
 def stream_arrays(height: int, width: int, channels: int) -> list[ArraySpec]:
     """Arrays streamed while frames are written: images (ragged bytes), label maps, and covered cells."""
     return [
-        ArraySpec("image_data", "uint8", (), IMAGE_CHUNK_BYTES, "none"),  # JPEG is already compressed
+        ArraySpec("image_data", "uint8", (), IMAGE_CHUNK_BYTES, "lz4-raw"),  # JPEG is already compressed
         ArraySpec("labels", "uint8", (height, width), LABEL_CHUNK_FRAMES, "lz4"),
         ArraySpec("cells", "int32", (), CELL_CHUNK, "lz4"),
         ArraySpec("features", "float16", (channels,), CELL_CHUNK, "zstd"),

@@ -167,7 +167,7 @@ class SceneWriter:
         for spec in frame_arrays():
             data = small[spec.name]
             arr = self.group.create_array(spec.name, shape=data.shape, dtype=spec.dtype,
-                                          chunks=(spec.rows_per_chunk, *spec.row_shape),
+                                          chunks=(min(spec.rows_per_chunk, data.shape[0]), *spec.row_shape),
                                           compressors=spec.compressors(), fill_value=0)
             arr[...] = data
             checksums[spec.name] = hashlib.sha256(np.ascontiguousarray(data, dtype=spec.dtype).tobytes()).hexdigest()
