@@ -1,0 +1,104 @@
+"""The trainer's modes on CPU: a few iterations each, finite losses, logs and checkpoints; paired loss on covered
+cells only; clear errors for inputs a mode cannot use."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+
+import pytest
+import torch
+
+from stages.train.batch import Batch
+from stages.train.checkpoint import load_checkpoint
+from stages.train.config import CONFIG_DIR, TrainConfig, apply_overrides, load_config
+from stages.train.trainer import LOG_COLUMNS, Trainer, TrainError, train
+
+
+def tiny(**overrides) -> TrainConfig:
+    return apply_overrides(load_config(CONFIG_DIR / "tiny.yaml"),
+                           {"log.progress": False, "schedule.iters": 2, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A ResNet-18 step on 65-pixel crops is faster on one thread than two on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def cache(make_cache):
+    return make_cache("cache", scenes=2, frames=4, h=96, w=128, channels=8)
+
+
+@pytest.mark.parametrize("mode", ["baseline", "paired", "multitask", "unpaired"])
+def test_each_mode_trains_with_finite_losses(mode, cache, make_cache, tmp_path):
+    images = make_cache("images", scenes=2, frames=4, h=96, w=128, channels=8, seed=3) if mode == "unpaired" \
+        else cache
+    result = train(tiny(mode=mode), images, tmp_path / "run", feature_cache=cache if mode == "unpaired" else None)
+    assert result.iterations == 2
+    expected = {"baseline": {"seg"}, "paired": {"seg", "paired"}, "multitask": {"seg", "depth"},
+                "unpaired": {"seg", "adv_g", "adv_d"}}[mode]
+    assert expected <= set(result.last)
+    for k in ("loss", *expected):
+        assert math.isfinite(result.last[k]), (k, result.last)
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iter"]) for r in rows] == [1, 2]
+    assert tuple(rows[0]) == LOG_COLUMNS
+    assert 0.0 <= float(rows[-1]["data_wait_frac"]) <= 1.0 and float(rows[-1]["frames_per_s"]) > 0
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt.iteration == 2
+    has_branch = any(k.startswith("branch.") for k in ckpt.model)
+    assert has_branch == (mode != "baseline")
+    assert (ckpt.discriminators is not None) == (mode == "unpaired")
+
+
+def test_paired_loss_sees_covered_cells_only_and_dn1_has_cache_stats(cache, tmp_path):
+    from cache_schema import open_cache
+
+    trainer = Trainer(tiny(), cache, tmp_path / "run")
+    mean, var = open_cache(cache).global_stats()
+    dn1 = trainer.student.branch.dn1
+    assert torch.allclose(dn1.target_mean, torch.from_numpy(mean).float())
+    assert torch.allclose(dn1.target_var, torch.from_numpy(var).float())
+    batch = next(iter(trainer.loader))
+    batch = Batch(**{k: v.clone() for k, v in vars(batch).items()})
+    assert batch.feature_mask.any() and (~batch.feature_mask).any()
+    state = copy.deepcopy(trainer.student.state_dict())
+    opt_state = copy.deepcopy(trainer.optimizer.state_dict())
+
+    def paired_term(b: Batch) -> float:
+        trainer.student.load_state_dict(state)
+        trainer.optimizer.load_state_dict(opt_state)
+        torch.manual_seed(0)  # same dropout masks
+        return float(trainer.step(b)["paired"])
+
+    base = paired_term(batch)
+    noisy = Batch(**vars(batch))
+    uncovered = (~batch.feature_mask).unsqueeze(1).expand_as(batch.features)
+    noisy.features = torch.where(uncovered, torch.randn_like(batch.features) * 100, batch.features)
+    assert paired_term(noisy) == pytest.approx(base, rel=1e-6)
+    moved = Batch(**vars(batch))
+    moved.features = batch.features + batch.feature_mask.unsqueeze(1).float()  # shift covered cells only
+    assert paired_term(moved) != pytest.approx(base, rel=1e-6)
+    trainer.close()
+
+
+def test_mode_input_errors(cache, tmp_path):
+    with pytest.raises(TrainError, match="needs --feature-cache"):
+        Trainer(tiny(mode="unpaired"), cache, tmp_path / "a")
+    with pytest.raises(TrainError, match="only used by --mode unpaired"):
+        Trainer(tiny(mode="paired"), cache, tmp_path / "b", feature_cache=cache)
+    with pytest.raises(TrainError, match="at least 2 per process"):
+        Trainer(tiny(**{"data.batch_size": 1}), cache, tmp_path / "c")
+
+
+def test_existing_run_needs_resume(cache, tmp_path):
+    train(tiny(**{"schedule.iters": 1}), cache, tmp_path / "run")
+    with pytest.raises(TrainError, match="--resume"):
+        Trainer(tiny(), cache, tmp_path / "run")
