@@ -106,7 +106,7 @@ class Demo:
         results = {}
         for mode in ("baseline", "paired"):
             run = out / f"student-{mode}"
-            s = self.step(f"train {mode} student", (run / "final.pt").exists())
+            s = self.step(f"train {mode} student", (run / "last.pt").exists())
             if not s.skipped:
                 t = time.perf_counter()
                 self.run_cli(s, "train", "--cache", str(caches["train"]), "--out", str(run), "--mode", mode,
@@ -116,7 +116,7 @@ class Demo:
             s = self.step(f"evaluate {mode} student", False)
             t = time.perf_counter()
             pred_dir = run / "predictions"
-            text = self.run_cli(s, "evaluate", "--checkpoint", str(run / "final.pt"), "--cache", str(caches["val"]),
+            text = self.run_cli(s, "evaluate", "--checkpoint", str(run / "last.pt"), "--cache", str(caches["val"]),
                                 "--json", "--save-predictions", str(pred_dir))
             results[mode] = json.loads(text[text.index("{"):])
             s.seconds = time.perf_counter() - t
@@ -173,9 +173,7 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
     plt.figure(figsize=(10, 3.8))
     width = 0.4
     for k, mode in enumerate(results):
-        per = results[mode].get("per_class", {})
-        if isinstance(per, list):
-            per = {p["name"]: p.get("iou") for p in per}
+        per = {name: c.get("iou") for name, c in results[mode].get("classes", {}).items()}
         names = names or list(per)
         vals = [per.get(n) if per.get(n) is not None else np.nan for n in names]
         plt.bar(np.arange(len(names)) + k * width, vals, width, label=f"{mode} (mIoU {results[mode]['miou']:.3f})")
@@ -204,8 +202,7 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
              "## Results (validation scenes, ScanNet 2D benchmark semantics)", "",
              "| student | mIoU | mAcc | pixel acc |", "|---|---|---|---|"]
     for mode, r in results.items():
-        lines.append(f"| {mode} | {r['miou']:.3f} | {r.get('macc', float('nan')):.3f} | "
-                     f"{r.get('pixel_acc', r.get('pixel_accuracy', float('nan'))):.3f} |")
+        lines.append(f"| {mode} | {r['miou']:.3f} | {r['macc']:.3f} | {r['pixel_accuracy']:.3f} |")
     lines += ["", "![training curves](figures/curves.png)", "", "![per-class IoU](figures/per_class_iou.png)", "",
               "## Predictions (image / ground truth / baseline / distilled)", ""]
     if panel:

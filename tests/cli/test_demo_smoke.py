@@ -1,0 +1,23 @@
+"""`make demo` at tiny size: the whole pipeline through the CLI, then a second run reuses what is valid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_demo_smoke_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "pipeline.demo", "--smoke", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "| baseline |" in report and "| paired |" in report
+    for fig in ("curves.png", "per_class_iou.png", "coverage_0.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000
+    assert "make extract-scannet" in report and "distill-cache inspect" in report
+    # a second run reuses the world, the teacher, the caches' complete scenes and the students
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert r2.stdout.count("(reused)") >= 4
+    assert "scenes already complete" in r2.stdout + r2.stderr
