@@ -1,8 +1,13 @@
 """The 3D teacher: Res16UNet34C on interchangeable sparse-convolution backends, checkpoint I/O, training."""
 
 from .backends import available_backends, get_ops, resolve_backend
-from .checkpoint import (CheckpointMismatchError, checkpoint_sha256, load_state_dict_strict, read_state_dict,
-                         save_teacher_checkpoint)
+from .checkpoint import (
+                         CheckpointMismatchError,
+                         checkpoint_sha256,
+                         load_state_dict_strict,
+                         read_state_dict,
+                         save_teacher_checkpoint,
+)
 from .network import ARCHITECTURES, FEATURE_LAYERS, Res16UNet
 from .teacher import Teacher, TeacherConfig, load_teacher
 

@@ -1,0 +1,104 @@
+"""The 3D teacher as stage one uses it: points and colours in, one feature vector per point out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backends import get_ops, resolve_backend
+from .checkpoint import checkpoint_sha256, load_state_dict_strict, read_state_dict
+from .network import FEATURE_LAYERS, Res16UNet
+from .sparse import SparseOps
+from .voxelize import rows_for_points, voxelize
+
+MAX_STRIDE = 16  # Res16UNet's deepest tensor stride
+
+
+@dataclass
+class TeacherConfig:
+    architecture: str = "Res16UNet34C"
+    voxel_size: float = 0.02  # metres (the paper's 2 cm)
+    layer: str = "block8"  # the 96-channel penultimate feature
+    backend: str = "auto"
+    device: str = "cpu"
+    in_channels: int = 3
+    num_classes: int = 20
+
+
+def prepare_colors(colors: np.ndarray) -> np.ndarray:
+    """MinkowskiEngine's ScanNet input convention: rgb / 255 - 0.5."""
+    return np.asarray(colors, dtype=np.float32) / 255.0 - 0.5
+
+
+def check_points(points: np.ndarray, colors: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    points = np.asarray(points)
+    colors = np.asarray(colors)
+    at = f" ({where})" if where else ""
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must be (N, 3){at}, got {points.shape}")
+    if colors.shape != points.shape:
+        raise ValueError(f"colors must be (N, 3) like points {points.shape}{at}, got {colors.shape}")
+    bad = ~np.isfinite(points).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} of {len(points)} points have NaN/Inf coordinates{at}; "
+                         f"first at index {int(np.flatnonzero(bad)[0])}")
+    return points, colors
+
+
+class Teacher:
+    """A Res16UNet on one backend, in eval mode, mapping per-voxel features back to points."""
+
+    def __init__(self, net: Res16UNet, ops: SparseOps, cfg: TeacherConfig, checkpoint_id: str):
+        if cfg.layer not in FEATURE_LAYERS:
+            raise ValueError(f"unknown feature layer {cfg.layer!r}; choose one of {list(FEATURE_LAYERS)}")
+        self.net = net.eval()
+        self.ops = ops
+        self.cfg = cfg
+        self.channels: int = net.channels[cfg.layer]
+        self.info: dict = {"architecture": cfg.architecture, "backend": ops.name, "checkpoint_sha256": checkpoint_id,
+                           "voxel_size": float(cfg.voxel_size), "feature_layer": cfg.layer,
+                           "channels": self.channels}
+
+    @torch.no_grad()
+    def point_features(self, points: np.ndarray, colors: np.ndarray) -> np.ndarray:
+        """(N, 3) float32 metres, (N, 3) uint8 RGB -> (N, C) float32 features of ``cfg.layer``."""
+        points, colors = check_points(points, colors)
+        if len(points) == 0:  # also keeps MinkowskiEngine away from an empty coordinate map
+            return np.zeros((0, self.channels), np.float32)
+        vox = voxelize(points, self.cfg.voxel_size, align=MAX_STRIDE)
+        dtype = next(self.net.parameters()).dtype
+        device = torch.device(self.cfg.device)
+        feats = torch.as_tensor(prepare_colors(colors[vox.representative]), dtype=dtype, device=device)
+        coords = torch.as_tensor(vox.coords, device=device)
+        out = self.net(self.ops, self.ops.from_voxels(coords, feats), layer=self.cfg.layer)
+        layer_coords = self.ops.coordinates(out).cpu().numpy()
+        layer_feats = self.ops.features(out).float().cpu().numpy()
+        rows = rows_for_points(vox.point_coords, self.ops.tensor_stride(out), layer_coords)
+        return np.ascontiguousarray(layer_feats[rows], dtype=np.float32)
+
+
+def build_network(cfg: TeacherConfig) -> Res16UNet:
+    return Res16UNet(cfg.in_channels, cfg.num_classes, cfg.architecture)
+
+
+def load_teacher(cfg: TeacherConfig, checkpoint: Path | None = None, *, init: str = "checkpoint",
+                 seed: int = 0) -> Teacher:
+    """A ready teacher. ``init="checkpoint"`` loads ``checkpoint`` strictly; ``init="random"`` draws
+    deterministic weights from ``seed`` (debugging, benchmarks), recorded as ``random:<seed>``."""
+    net = build_network(cfg)
+    if init == "random":
+        net.reset_parameters(seed)
+        checkpoint_id = f"random:{seed}"
+    elif init == "checkpoint":
+        if checkpoint is None:
+            raise ValueError("load_teacher(init='checkpoint') needs a checkpoint path (or use init='random')")
+        load_state_dict_strict(net, read_state_dict(Path(checkpoint)), source=str(checkpoint))
+        checkpoint_id = checkpoint_sha256(Path(checkpoint))
+    else:
+        raise ValueError(f"init must be 'checkpoint' or 'random', got {init!r}")
+    backend = resolve_backend(cfg.backend)
+    net = net.to(cfg.device)
+    return Teacher(net, get_ops(backend, cfg.device), cfg, checkpoint_id)
