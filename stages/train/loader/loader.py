@@ -1,6 +1,7 @@
 """`CacheLoader`: a cache's frames as shuffled, augmented `Batch`es on the training device.
 
-Data path per batch: worker threads read blocks of frames (BlockCache), then either
+Data path per batch: worker threads read blocks of frames (BlockCache; chunks fetched and decoded directly by
+reader.BlockReader, not through one zarr-python call per array), then either
 - "workers" mode (the default without CUDA): decode (cv2), warp, normalize and scatter each frame on the CPU
   straight into the slot's reusable buffers, which become the batch; or
 - "device" mode (the default on CUDA): put the decoded uint8 images (or, with torchvision on CUDA, the JPEG bytes
@@ -36,7 +37,7 @@ from .augment import (
 )
 from .frames import FrameTable, SceneInfo, batch_slices, shard, train_order
 from .pinned import BufferArena, CopyStream
-from .reader import BlockCache, Prefetcher, SceneReaders, block_uses
+from .reader import BlockCache, BlockReader, Prefetcher, SceneReaders, block_uses
 from .scatter import output_grid, scatter_batch_torch, scatter_frame
 
 
@@ -111,7 +112,7 @@ class CacheLoader:
         if len(self.table) == 0:
             raise CacheError(f"{cache.url}: no frames to load (scenes: {names or 'none complete'})")
         self.frame_table: list[tuple[str, int]] = self.table.as_list()
-        self._readers = SceneReaders(lambda i: readers[i] if i < len(readers) else cache.scene(names[i]), len(names))
+        self._readers = SceneReaders(lambda i: BlockReader(readers[i]), len(names))
         self._blocks = self.table.blocks(cfg.block_frames)
         if cfg.train:
             self.out_hw = (cfg.crop, cfg.crop)
@@ -129,6 +130,7 @@ class CacheLoader:
         self.gpu_decode = (self.mode == "device" and cfg.gpu_decode and self.encoding == "jpeg"
                            and _nvjpeg_available(self.device))
         self._lut = self.label_space.lookup_table()
+        self._scratch = threading.local()
         self._alpha, self._beta = normalization_coeffs(cfg.mean, cfg.std)
         self._pin = self.device.type == "cuda"
         self._copy = CopyStream(self.device)
@@ -260,16 +262,18 @@ class CacheLoader:
     def _where(self, fb: FrameBlock, k: int) -> str:
         return f"{self.cache.url}: scene {fb.scene}, frame {fb.start + k} (frame id {int(fb.frame_id[k])})"
 
-    def _decode_bgr(self, fb: FrameBlock, k: int, h: int, w: int) -> np.ndarray:
+    def _decode_bgr(self, fb: FrameBlock, k: int, h: int, w: int, half: bool = False) -> np.ndarray:
+        """BGR uint8 (h, w, 3); with `half` (JPEG only) libjpeg's DCT-domain ½ scaling, (ceil(h/2), ceil(w/2))."""
         data = fb.image_data[fb.image_offsets[k]: fb.image_offsets[k + 1]]
         if self.encoding == "raw":
             if data.size != h * w * 3:
                 raise CacheError(f"{self._where(fb, k)}: raw image has {data.size} bytes, expected {h * w * 3}")
             return cv2.cvtColor(data.reshape(h, w, 3), cv2.COLOR_RGB2BGR)
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        if bgr is None or bgr.shape[:2] != (h, w):
+        bgr = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_2 if half else cv2.IMREAD_COLOR) if data.size else None
+        want = (-(-h // 2), -(-w // 2)) if half else (h, w)
+        if bgr is None or bgr.shape[:2] != want:
             got = None if bgr is None else bgr.shape[:2]
-            raise CacheError(f"{self._where(fb, k)}: corrupt JPEG (decoded {got}, expected {(h, w)})")
+            raise CacheError(f"{self._where(fb, k)}: corrupt JPEG (decoded {got}, expected {want})")
         return bgr
 
     def _make_batch(self, idx: np.ndarray, blocks: np.ndarray, cache: BlockCache, slot: _Slot,
@@ -297,17 +301,21 @@ class CacheLoader:
                "depth": arena.get("depth", (n, gh, gw), torch.float32),
                "index": arena.get("index", (n,), torch.int64)}
         np_ = {k: v.numpy() for k, v in out.items()}
-        # numpy fills: single-threaded memsets; torch's would start intra-op threads that fight the workers
-        np_["features"].fill(0)
-        np_["feature_mask"].fill(False)
-        np_["feature_labels"].fill(IGNORE)
-        np_["depth"].fill(0)
         np_["index"][:] = idx
+        scratch = self._scratch.__dict__  # this worker thread's reusable uint8 intermediates
         for k, (si, fb, local) in enumerate(self._frames(idx, blocks, cache)):
-            bgr = self._decode_bgr(fb, local, si.height, si.width)
-            warp_image_cv2(bgr, a[k], np_["image"][k], self._alpha, self._beta)
-            lab = cv2.LUT(fb.labels[local], self._lut)
-            np_["labels"][k] = warp_labels_cv2(lab, a[k], (ho, wo))
+            half = self.encoding == "jpeg" and abs(np.linalg.det(a[k][:, :2])) <= 0.25  # scale <= 1/2
+            bgr = self._decode_bgr(fb, local, si.height, si.width, half)
+            # a half-size decode's pixel (x, y) covers full-size pixels 2x, 2x+1: its centre is (2x + ½, 2y + ½)
+            a_img = a[k] @ np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]]) if half else a[k]
+            warp_image_cv2(bgr, a_img, np_["image"][k], self._alpha, self._beta, scratch)
+            warp_labels_cv2(fb.labels[local], a[k], np_["labels"][k], self._lut, scratch)
+            # numpy fills (single-threaded memsets; torch's would start intra-op threads that fight the workers),
+            # per frame right before the scatter so that its writes land in cache
+            np_["features"][k].fill(0)
+            np_["feature_mask"][k].fill(False)
+            np_["feature_labels"][k].fill(IGNORE)
+            np_["depth"][k].fill(0)
             if c:
                 c0, c1 = int(fb.cell_offsets[local]), int(fb.cell_offsets[local + 1])
                 gw_src = -(-si.width // self.stride)
