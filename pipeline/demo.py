@@ -27,9 +27,10 @@ class DemoConfig:
     size: str = "320x240"
     seed: int = 0
     teacher_epochs: int = 6
-    iters: int = 300
-    batch_size: int = 8
-    crop: int = 161
+    teacher_points: int = 30000  # random crop per teacher step: keeps CPU training to minutes
+    iters: int = 200
+    batch_size: int = 4
+    crop: int = 97
     depth: int = 18
     smoke: bool = False  # tiny sizes for the test suite
 
@@ -89,7 +90,9 @@ class Demo:
         if not s.skipped:
             t = time.perf_counter()
             self.run_cli(s, "train-teacher", "--dataset", "scannet", "--root", str(world), "--out", str(teacher),
-                         "--split-file", str(train_split), "--epochs", str(c.teacher_epochs), "--seed", str(c.seed))
+                         "--split-file", str(train_split), "--val-split-file", str(val_split),
+                         "--epochs", str(c.teacher_epochs), "--max-points", str(c.teacher_points),
+                         "--seed", str(c.seed))
             s.seconds = time.perf_counter() - t
 
         caches = {}

@@ -59,7 +59,7 @@ def _load(dataset: str, root: Path, scenes: list[str] | None, split_file: Path |
 @click.option("--architecture", default="Res16UNet34C", show_default=True, help="Res16UNet variant.")
 @click.option("--voxel-size", type=float, default=0.02, show_default=True, help="Voxel edge in metres.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "minkowski", "spconv"]), default="auto",
-              show_default=True, help="Sparse-convolution backend ('auto' trains with torch, which always works).")
+              show_default=True, help="Sparse-convolution backend ('auto': minkowski where installed, else torch).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, order and crops.")
 def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file: Path | None,
