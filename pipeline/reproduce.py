@@ -1,0 +1,503 @@
+"""`make reproduce`: synthetic analogues of the paper's Tables 2, 7, 8 and §4.5, over several student seeds.
+
+Worlds (generated once, seeds fixed; only the students' seeds vary):
+- world A: ScanNet-format, style a — the teacher is trained on its train split, caches of its train/val splits;
+- world B: ScanNet-format, the same world seed in style b — the same geometry and labels with another look;
+  only its validation split is extracted, to evaluate A-trained students under a pure appearance shift (Table 8);
+- the NYU world: NYU-v2-format, another world seed, style b, ingested 2D-only — the unpaired 2D images of
+  Table 7 (its train split) and the NYU-v2 evaluation (its test split).
+
+Students (per seed), all through `distill-cache train` / `evaluate`:
+- on A's cache: baseline, multitask, paired (DN), paired (BN) → evaluated on A val, B val and the NYU test split;
+- on the NYU 2D cache: baseline, unpaired (DN, per-class discriminators = SAAL), unpaired (BN, per-class),
+  unpaired (DN, one shared discriminator), with A's train cache as the 3D feature source → the NYU test split.
+§4.5: a small depth decoder on frozen "res-block-4" (layer4, stride 8) features of the baseline and the paired
+student, trained on A's cached per-cell depths (train split), scored by SSIM on A's validation cells.
+
+Every step whose output exists is reused, so an interrupted run resumes. Results: OUT/results.json, OUT/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---------------------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class ReproduceConfig:
+    preset: str = "cpu"
+    scenes: int = 8  # world A (and B) rooms; the synth's split file holds some out for validation
+    frames: int = 24
+    size: str = "320x240"
+    vertex_spacing: float = 0.04
+    nyu_scenes: int = 8
+    nyu_frames: int = 16
+    nyu_size: str = "320x240"
+    world_seed: int = 0
+    nyu_world_seed: int = 1  # other geometry than A: NYU-v2 is not ScanNet's rooms either
+    teacher_epochs: int = 6
+    teacher_max_points: int = 60000
+    iters: int = 400
+    batch_size: int = 8
+    crop: int = 161
+    depth: int = 18
+    workers: int = 2
+    device: str = "cpu"
+    probe_layer: str = "layer4"  # "res-block-4" as the paper's Figure 7 / 12
+    probe_iters: int = 300
+    probe_batch: int = 8
+    probe_lr: float = 1e-3
+    extra_train_flags: list[str] = field(default_factory=list)
+
+
+PRESETS: dict[str, ReproduceConfig] = {
+    # tiny: the test suite's end-to-end check; the numbers mean nothing at this size
+    "smoke": ReproduceConfig(preset="smoke", scenes=3, frames=6, size="96x72", vertex_spacing=0.08, nyu_scenes=2,
+                             nyu_frames=6, nyu_size="96x72", teacher_epochs=1, teacher_max_points=4000, iters=3,
+                             batch_size=2, crop=65, depth=18, workers=1, probe_iters=5, probe_batch=2),
+    # the default: ~1-2 hours on 2 CPU cores
+    "cpu": ReproduceConfig(preset="cpu"),
+    # paper-like student sizes on one GPU (PSPNet-50, 473 crops, batch 16)
+    "gpu": ReproduceConfig(preset="gpu", scenes=24, frames=60, size="640x480", nyu_scenes=24, nyu_frames=40,
+                           nyu_size="640x480", teacher_epochs=30, teacher_max_points=200000, iters=6000,
+                           batch_size=16, crop=473, depth=50, workers=4, device="cuda", probe_iters=3000,
+                           probe_batch=16),
+}
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    """One student configuration of the tables."""
+
+    name: str
+    data: str  # "A" (paired cache of world A) or "nyu" (the NYU world's 2D cache)
+    flags: tuple[str, ...]
+    evals: tuple[str, ...]  # evaluation sets: "A" (A val), "B" (B val), "nyu" (NYU test)
+    label: str
+
+
+RUNS: tuple[StudentRun, ...] = (
+    StudentRun("baseline", "A", ("--mode", "baseline"), ("A", "B", "nyu"), "PSPNet (baseline)"),
+    StudentRun("multitask", "A", ("--mode", "multitask"), ("A", "B", "nyu"), "Multitask (depth)"),
+    StudentRun("paired", "A", ("--mode", "paired", "--norm", "dn"), ("A", "B", "nyu"), "Ours, paired (DN)"),
+    StudentRun("paired-bn", "A", ("--mode", "paired", "--norm", "bn"), ("A", "B", "nyu"), "Ours, paired (BN)"),
+    StudentRun("nyu-baseline", "nyu", ("--mode", "baseline"), ("nyu",), "PSPNet (baseline)"),
+    StudentRun("unpaired", "nyu", ("--mode", "unpaired", "--norm", "dn", "--disc", "per-class"), ("nyu",),
+               "Ours, unpaired (DN, SAAL)"),
+    StudentRun("unpaired-bn", "nyu", ("--mode", "unpaired", "--norm", "bn", "--disc", "per-class"), ("nyu",),
+               "Ours, unpaired (BN, SAAL)"),
+    StudentRun("unpaired-shared", "nyu", ("--mode", "unpaired", "--norm", "dn", "--disc", "shared"), ("nyu",),
+               "Ours, unpaired (DN, one shared discriminator)"),
+)
+PROBED = ("baseline", "paired")  # §4.5
+EVAL_SETS = {"A": "cache-A-val", "B": "cache-B-val", "nyu": "cache-nyu-test"}
+METRICS = ("miou", "macc", "pixel_accuracy")
+DEPTH_RANGE = 10.0  # metres: depth is divided by this (and clipped) so SSIM's dynamic range L is 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §4.5: SSIM and the depth decoder
+
+
+def gaussian_window(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
+    w = torch.outer(g, g)
+    return (w / w.sum()).float()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, *, data_range: float = 1.0,
+         window: int = 7, sigma: float = 1.5, min_cells: int = 4) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004, Gaussian window) of (B, 1, H, W) images, one value per image.
+
+    With ``mask`` (B, 1, H, W) the local statistics are mask-weighted (normalized convolution): the cached depth is
+    known only at covered cells (5-30 % of them with the paper's pixel sampling). The same weighting handles the
+    border, so no padding value leaks in. A pixel counts when it is valid and its window holds at least ``min_cells``
+    valid pixels (fewer give no variance estimate worth the name). NaN for an image without such a pixel.
+    """
+    if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"ssim expects two (B, 1, H, W) tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
+    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    w = gaussian_window(window, sigma).to(x)[None, None]
+
+    def filt(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, w, padding=window // 2)
+
+    support = filt(m)
+    denom = support.clamp_min(1e-8)
+    mx, my = filt(m * x) / denom, filt(m * y) / denom
+    sxx = filt(m * x * x) / denom - mx**2
+    syy = filt(m * y * y) / denom - my**2
+    sxy = filt(m * x * y) / denom - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    smap = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    cells = F.conv2d(m, torch.ones_like(w), padding=window // 2)
+    valid = (m > 0) & (cells >= min_cells - 0.5)
+    count = valid.flatten(1).sum(1)
+    out = (smap * valid).flatten(1).sum(1) / count.clamp_min(1)
+    return torch.where(count > 0, out, torch.full_like(out, float("nan")))
+
+
+class DepthDecoder(nn.Module):
+    """A few convolutions from frozen stride-8 features to one channel of depth at the same grid."""
+
+    def __init__(self, in_channels: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden // 2, 3, padding=1, bias=False), nn.BatchNorm2d(hidden // 2),
+            nn.ReLU(inplace=True), nn.Conv2d(hidden // 2, 1, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)
+
+
+def frozen_features(student, image: torch.Tensor, layer: str) -> torch.Tensor:
+    with torch.no_grad():
+        if layer in ("layer3", "layer4"):
+            l3, l4 = student.pspnet.backbone(image)
+            return l3 if layer == "layer3" else l4
+        if layer == "f2d":
+            return student.pspnet.encode(image).f2d
+    raise ValueError(f"unknown probe layer {layer!r} (layer3 | layer4 | f2d)")
+
+
+def depth_probe(checkpoint: Path, train_cache: Path, val_cache: Path, cfg: ReproduceConfig, seed: int) -> dict:
+    """Train a DepthDecoder on the frozen ``cfg.probe_layer`` features of a student; SSIM on the validation cells.
+
+    Target: the cache's per-cell camera depth (metres) of the 3D point that landed in each stride-8 cell — the
+    depth the teacher's features were projected with; the frame's dense depth map is not in the cache. Loss and
+    SSIM are restricted to covered cells.
+    """
+    from cache_schema import open_cache
+    from stages.train.checkpoint import load_checkpoint
+    from stages.train.evaluate import load_student
+    from stages.train.loader import CacheLoader, LoaderConfig
+    from stages.train.trainer import resolve_device
+
+    torch.manual_seed(seed)
+    device = resolve_device(cfg.device)
+    student = load_student(load_checkpoint(checkpoint, map_location="cpu"), device)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    decoder: DepthDecoder | None = None
+    opt = None
+    train_reader = open_cache(train_cache)
+    lcfg = LoaderConfig(batch_size=cfg.probe_batch, crop=cfg.crop, workers=cfg.workers, seed=seed)
+    it = 0
+    losses: list[float] = []
+    with CacheLoader(train_reader, lcfg, device=device) as loader:
+        if len(loader) == 0:
+            raise RuntimeError(f"{train_cache}: fewer frames than one depth-probe batch ({cfg.probe_batch})")
+        while it < cfg.probe_iters:
+            for b in loader:
+                f = frozen_features(student, b.image, cfg.probe_layer)
+                if decoder is None:
+                    decoder = DepthDecoder(f.shape[1]).to(device)
+                    opt = torch.optim.Adam(decoder.parameters(), lr=cfg.probe_lr)
+                pred = _to_grid(decoder(f), b.depth.shape[-2:])
+                m = b.feature_mask & (b.depth > 0)
+                if not bool(m.any()):
+                    continue
+                target = (b.depth / DEPTH_RANGE).clamp(0, 1)
+                loss = (pred[:, 0] - target).abs()[m].mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss))
+                it += 1
+                if it >= cfg.probe_iters:
+                    break
+    if decoder is None:
+        raise RuntimeError(f"{train_cache}: the depth probe saw no batch")
+    decoder.eval()
+    scores, sq, n = [], 0.0, 0
+    with CacheLoader(open_cache(val_cache), LoaderConfig(batch_size=cfg.probe_batch, train=False,
+                                                         drop_last=False, workers=cfg.workers),
+                     device=device) as loader, torch.no_grad():
+        for b in loader:
+            pred = _to_grid(decoder(frozen_features(student, b.image, cfg.probe_layer)), b.depth.shape[-2:])
+            m = (b.feature_mask & (b.depth > 0))[:, None]
+            target = (b.depth / DEPTH_RANGE).clamp(0, 1)[:, None]
+            s = ssim(pred.clamp(0, 1), target, m)
+            scores += [v for v in s.tolist() if not math.isnan(v)]
+            sq += float((((pred - target) * DEPTH_RANGE) ** 2)[m].sum())
+            n += int(m.sum())
+    if not scores:
+        raise RuntimeError(f"{val_cache}: no validation frame has a covered cell: SSIM is undefined")
+    return {"ssim": sum(scores) / len(scores), "rmse_m": math.sqrt(sq / max(n, 1)), "frames": len(scores),
+            "cells": n, "layer": cfg.probe_layer, "iters": it,
+            "final_train_l1_m": DEPTH_RANGE * sum(losses[-20:]) / max(len(losses[-20:]), 1)}
+
+
+def _to_grid(pred: torch.Tensor, hw) -> torch.Tensor:
+    if tuple(pred.shape[-2:]) == tuple(hw):
+        return pred
+    return F.interpolate(pred, tuple(hw), mode="bilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the driver
+
+
+@dataclass
+class StepRecord:
+    name: str
+    seconds: float
+    reused: bool = False
+    command: str = ""
+
+
+class Reproduce:
+    def __init__(self, cfg: ReproduceConfig, out: Path, seeds: list[int]):
+        self.cfg, self.out, self.seeds = cfg, out, seeds
+        self.dc = [sys.executable, "-m", "pipeline.cli"]
+        self.steps: list[StepRecord] = []
+        self.timings_path = out / "timings.json"  # seconds of finished steps survive a resumed run
+        self.timings: dict[str, float] = {}
+
+    # -- helpers --
+
+    def cli(self, name: str, *args: str) -> str:
+        line = "distill-cache " + shlex.join(args)
+        print(f"\n=== {name}\n$ {line}", flush=True)
+        t = time.perf_counter()
+        proc = subprocess.run([*self.dc, *args], stdout=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise SystemExit(f"reproduce step '{name}' failed (exit {proc.returncode}): {line}\n"
+                             f"{proc.stdout[-4000:]}")
+        self._record(StepRecord(name, seconds, command=line))
+        return proc.stdout
+
+    def reused(self, name: str) -> None:
+        print(f"=== {name} (reused)", flush=True)
+        self.steps.append(StepRecord(name, self.timings.get(name, float("nan")), reused=True))
+
+    def _record(self, step: StepRecord) -> None:
+        self.steps.append(step)
+        self.timings[step.name] = step.seconds
+        self.timings_path.write_text(json.dumps(self.timings, indent=1))
+
+    def _check_config(self) -> None:
+        path = self.out / "config.json"
+        # the seeds may grow between runs; everything else must match what the outputs were made with
+        mine = {k: v for k, v in asdict(self.cfg).items()}
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old != mine:
+                diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+                raise SystemExit(f"{self.out} holds a reproduction made with another configuration ({', '.join(diff)}"
+                                 f" differ): use another --out, or delete {self.out}")
+        path.write_text(json.dumps(mine, indent=1))
+
+    # -- steps --
+
+    def world(self, name: str, kind: str, root: Path, scenes: int, frames: int, size: str, seed: int,
+              style: str) -> None:
+        if (root / ".complete").exists():
+            self.reused(name)
+            return
+        args = ["synth", kind, str(root), "--scenes", str(scenes), "--frames", str(frames), "--seed", str(seed),
+                "--size", size, "--style", style, "--quiet"]
+        if kind == "scannet":
+            args += ["--vertex-spacing", str(self.cfg.vertex_spacing)]
+        self.cli(name, *args)
+        (root / ".complete").write_text("ok\n")
+
+    def extract(self, name: str, cache: Path, *args: str) -> None:
+        done = cache.parent / f"{cache.name}.done"
+        if done.exists():
+            self.reused(name)
+            return
+        self.cli(name, "extract", "--out", str(cache), "--quiet", *args)
+        done.write_text("ok\n")
+
+    def train(self, run: StudentRun, seed: int, caches: dict[str, Path]) -> Path:
+        c = self.cfg
+        rdir = self.out / "students" / f"{run.name}-s{seed}"
+        name = f"train {run.name} seed {seed}"
+        if (rdir / "last.pt").exists() and (rdir / "done").exists():
+            self.reused(name)
+            return rdir
+        args = ["train", "--out", str(rdir), *run.flags, "--iters", str(c.iters), "--batch-size", str(c.batch_size),
+                "--crop", str(c.crop), "--depth", str(c.depth), "--seed", str(seed), "--workers", str(c.workers),
+                "--checkpoint-every", str(c.iters), "--device", c.device, "--quiet", "--json",
+                *c.extra_train_flags]
+        if run.data == "A":
+            args += ["--cache", str(caches["A-train"])]
+        else:
+            args += ["--cache", str(caches["nyu-train"])]
+            if "unpaired" in run.flags:
+                args += ["--feature-cache", str(caches["A-train"])]
+        if (rdir / "last.pt").exists():
+            args.append("--resume")  # an interrupted run continues exactly
+        self.cli(name, *args)
+        (rdir / "done").write_text("ok\n")
+        return rdir
+
+    def evaluate(self, run: StudentRun, seed: int, rdir: Path, where: str, caches: dict[str, Path]) -> dict:
+        path = rdir / f"eval-{where}.json"
+        name = f"evaluate {run.name} seed {seed} on {where}"
+        if path.exists() and path.stat().st_mtime >= (rdir / "last.pt").stat().st_mtime:
+            self.reused(name)
+            return json.loads(path.read_text())
+        from stages.train.evaluate import EvalConfig, evaluate
+
+        # cross-dataset evaluation (A-trained on the NYU world) is a deliberate domain shift, as the paper's Table 8
+        force = (run.data == "A") != (where in ("A", "B"))
+        line = (f"distill-cache evaluate --checkpoint {rdir / 'last.pt'} --cache {caches[where]} --json"
+                f"{' --force' if force else ''}")
+        print(f"\n=== {name}\n$ {line}  (in-process: the command's own function; saves a start-up per evaluation)",
+              flush=True)
+        t = time.perf_counter()
+        # `evaluate --json` prints exactly EvalResult.to_json()
+        result = evaluate(rdir / "last.pt", caches[where], EvalConfig(workers=self.cfg.workers, device=self.cfg.device),
+                          force=force, progress=False, echo=lambda m: print(m, flush=True)).to_json()
+        self._record(StepRecord(name, time.perf_counter() - t, command=line))
+        print(f"mIoU {result['miou']:.4f}  mAcc {result['macc']:.4f}  pixel acc {result['pixel_accuracy']:.4f}")
+        path.write_text(json.dumps(result, indent=1))
+        return result
+
+    def probe(self, run: StudentRun, seed: int, rdir: Path, caches: dict[str, Path]) -> dict:
+        path = rdir / f"depth-probe-{self.cfg.probe_layer}.json"
+        name = f"depth probe {run.name} seed {seed}"
+        if path.exists() and path.stat().st_mtime >= (rdir / "last.pt").stat().st_mtime:
+            self.reused(name)
+            return json.loads(path.read_text())
+        print(f"\n=== {name}", flush=True)
+        t = time.perf_counter()
+        result = depth_probe(rdir / "last.pt", caches["A-train"], caches["A"], self.cfg, seed)
+        self._record(StepRecord(name, time.perf_counter() - t, command=f"(in-process) depth_probe({rdir.name})"))
+        path.write_text(json.dumps(result, indent=1))
+        print(json.dumps(result), flush=True)
+        return result
+
+    def main(self) -> Path:
+        from pipeline.reproduce_report import summarize, write_report
+
+        c, out = self.cfg, self.out
+        out.mkdir(parents=True, exist_ok=True)
+        self._check_config()
+        if self.timings_path.exists():
+            self.timings = json.loads(self.timings_path.read_text())
+        t_all = time.perf_counter()
+        world_a, world_b, world_n = out / "world-A", out / "world-B", out / "world-nyu"
+        self.world("world A (ScanNet format, style a)", "scannet", world_a, c.scenes, c.frames, c.size,
+                   c.world_seed, "a")
+        self.world("world B (world A's geometry, style b)", "scannet", world_b, c.scenes, c.frames, c.size,
+                   c.world_seed, "b")
+        self.world("NYU world (NYU-v2 format, other geometry, style b)", "nyu", world_n, c.nyu_scenes,
+                   c.nyu_frames, c.nyu_size, c.nyu_world_seed, "b")
+        teacher = out / "teacher.pth"
+        train_split, val_split = world_a / "scannetv2_train.txt", world_a / "scannetv2_val.txt"
+        if teacher.exists():
+            self.reused("3D teacher")
+        else:
+            self.cli("3D teacher", "train-teacher", "--dataset", "scannet", "--root", str(world_a), "--out",
+                     str(teacher), "--split-file", str(train_split), "--val-split-file", str(val_split), "--epochs",
+                     str(c.teacher_epochs), "--max-points", str(c.teacher_max_points), "--seed", str(c.world_seed),
+                     "--device", c.device)
+        caches = {"A-train": out / "cache-A-train", "A": out / EVAL_SETS["A"], "B": out / EVAL_SETS["B"],
+                  "nyu-train": out / "cache-nyu-train", "nyu": out / EVAL_SETS["nyu"]}
+        common = ["--teacher-checkpoint", str(teacher), "--device", c.device]
+        self.extract("extract A train", caches["A-train"], "--dataset", "scannet", "--root", str(world_a),
+                     "--split-file", str(train_split), *common)
+        self.extract("extract A val", caches["A"], "--dataset", "scannet", "--root", str(world_a), "--split-file",
+                     str(val_split), *common)
+        self.extract("extract B val", caches["B"], "--dataset", "scannet", "--root", str(world_b), "--split-file",
+                     str(world_b / "scannetv2_val.txt"), *common)
+        self.extract("ingest NYU train (2D only)", caches["nyu-train"], "--dataset", "nyu", "--root", str(world_n),
+                     "--nyu-split", "train")
+        self.extract("ingest NYU test (2D only)", caches["nyu"], "--dataset", "nyu", "--root", str(world_n),
+                     "--nyu-split", "test")
+
+        results: dict[str, dict[str, dict]] = {r.name: {} for r in RUNS}
+        for seed in self.seeds:
+            for run in RUNS:
+                rdir = self.train(run, seed, caches)
+                rec: dict = {"eval": {}, "train_seconds": self.timings.get(f"train {run.name} seed {seed}")}
+                for where in run.evals:
+                    r = self.evaluate(run, seed, rdir, where, caches)
+                    rec["eval"][where] = {k: r[k] for k in (*METRICS, "frames") if k in r}
+                    rec["eval"][where]["classes"] = {n: v.get("iou") for n, v in r.get("classes", {}).items()}
+                if run.name in PROBED:
+                    rec["depth_probe"] = self.probe(run, seed, rdir, caches)
+                results[run.name][str(seed)] = rec
+        teacher_info = {}
+        sidecar = teacher.parent / (teacher.name + ".json")
+        if not sidecar.exists():
+            sidecar = teacher.with_suffix(".json")
+        if sidecar.exists():
+            teacher_info = json.loads(sidecar.read_text())
+        doc = {"config": asdict(c), "seeds": self.seeds, "hardware": hardware(c.device), "teacher": teacher_info,
+               "runs": {r.name: {"label": r.label, "data": r.data, "flags": list(r.flags), "seeds": results[r.name]}
+                        for r in RUNS},
+               "tables": summarize(results, RUNS), "steps": [asdict(s) for s in self.steps],
+               "wall_seconds_this_invocation": time.perf_counter() - t_all}
+        (out / "results.json").write_text(json.dumps(doc, indent=1, allow_nan=True))
+        report = write_report(out, doc)
+        print(f"\nreport: {report}\nresults: {out / 'results.json'}")
+        return report
+
+
+def hardware(device: str) -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def cli(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (resumed if present)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                    help="smoke: tiny (tests); cpu: ~1-2 h on 2 cores (default); gpu: paper-like sizes, --device cuda")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated student seeds (default 0,1,2)")
+    ap.add_argument("--iters", type=int, help="override the preset's student iterations")
+    ap.add_argument("--device", help="override the preset's device (cpu, cuda, cuda:1)")
+    a = ap.parse_args(argv)
+    try:
+        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--seeds must be comma-separated integers, got {a.seeds!r}")
+    if not seeds:
+        ap.error("--seeds is empty")
+    cfg = replace(PRESETS[a.preset])
+    if a.iters:
+        cfg.iters = a.iters
+    if a.device:
+        cfg.device = a.device
+    return Reproduce(cfg, a.out, seeds).main()
+
+
+if __name__ == "__main__":
+    cli()

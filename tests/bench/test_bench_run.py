@@ -1,0 +1,97 @@
+"""`python -m bench.run`: quick projection pass into a temp folder, failure recording, README table splicing."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# `bench` is not an installed package: it is importable from the repository root only (what `python -m pytest`
+# from the root gives; the bare `pytest` entry point does not), so put the root first.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+bench_run = importlib.import_module("bench.run")
+END, START, Benchmark = bench_run.END, bench_run.START, bench_run.Benchmark
+render_table, row, rows_for = bench_run.render_table, bench_run.row, bench_run.rows_for
+run_benchmark, update_readme = bench_run.run_benchmark, bench_run.update_readme
+
+
+def test_quick_projection_writes_results_and_table(tmp_path):
+    out = tmp_path / "bench"
+    p = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--only", "projection", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["benchmarks"]) == {"projection"}  # nothing else run, nothing carried over
+    entry = results["benchmarks"]["projection"]
+    assert entry["status"] == "ok" and entry["mode"] == "quick" and entry["device"] == "cpu"
+    sizes = entry["results"][0]["sizes"]
+    assert set(sizes) == {"640x480", "1296x968"}
+    assert all(m["pixel"]["points_per_s"] > 0 and m["reference_points_per_s"] > 0 for m in sizes.values())
+    assert results["machine"]["cores"] >= 1
+    rows = [r for r in results["rows"] if r["item"] == "1"]
+    assert len(rows) == 4
+    first = rows[0]
+    assert first["measure"].startswith("Projection 640x480")
+    assert first["status"] in ("met", "**missed**")
+    ratio = sizes["640x480"]["pixel"]["points_per_s"] / sizes["640x480"]["reference_points_per_s"]
+    assert abs(first["ratio"] - ratio) <= 1e-3 * ratio
+    readme = (out / "README.md").read_text()
+    assert START in readme and END in readme
+    table = readme.split(START, 1)[1].split(END, 1)[0]
+    assert "| # | measure | value | reference | ratio | target | status | note |" in table
+    assert table.count("| 1 | Projection") == 4
+    assert "## What each row measures" in readme  # started from the hand-written template
+    # the repository's own files were not touched by a run into --out
+    assert (REPO / "bench" / "README.md").read_text().count(START) == 1
+
+
+def test_rerun_keeps_previous_results_and_render_only(tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    fake = {"status": "ok", "item": "4", "mode": "full", "device": "cpu", "results": [{
+        "bench": "train_step", "device": "cpu", "depth": 50, "batch": 2, "size": 233, "amp": "off", "repeats": 10,
+        "baseline_step_s": 1.0, "paired_step_s": 1.2, "ratio": 1.2, "meets_target": False,
+        "inference": {"time_with_branch_s": 0.5, "time_without_branch_s": 0.5, "time_ratio": 1.0,
+                      "params_ratio": 1.0, "gmacs_with_branch": 10.0, "gmacs_without_branch": 10.0}}]}
+    (out / "results.json").write_text(json.dumps({"benchmarks": {"train_step": fake}}))
+    p = subprocess.run([sys.executable, "-m", "bench.run", "--render-only", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    step = results["rows"][0]
+    assert step["measure"] == "Training step: distilled vs baseline"
+    assert step["ratio"] == 1.2 and step["status"] == "**missed**" and step["target"] == "≤ 1.10×"
+    assert "| **missed** |" in (out / "README.md").read_text()
+
+
+def test_failed_benchmark_is_recorded_not_raised():
+    entry = run_benchmark(Benchmark("bogus", "bench.no_such_benchmark", "9", ()), quick=True, device="cpu",
+                          timeout=120)
+    assert entry["status"] == "failed" and entry["returncode"] != 0
+    assert "no_such_benchmark" in entry["stderr_tail"]
+    rows = rows_for("bogus", entry)
+    assert rows[0]["status"] == "failed" and "no_such_benchmark" in rows[0]["note"]
+
+
+def test_results_of_unknown_shape_become_a_failed_row():
+    rows = rows_for("projection", {"status": "ok", "item": "1", "results": [{"unexpected": 1}]})
+    assert rows[0]["status"] == "failed" and "KeyError" in rows[0]["note"]
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nhand-written | text\n\n{START}\nold table\n{END}\n\ntrailer\n")
+    table = render_table({"rows": [row("1", "m | x", "1", ratio=2.0, target="≥ 1×", met=True)]})
+    update_readme(readme, table)
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Title\n\nhand-written | text\n") and "trailer" in text
+    assert "| 1 | m \\| x | 1 | — | 2× | ≥ 1× | met |" in text
+    update_readme(readme, "second")
+    assert readme.read_text().count(START) == 1 and "second" in readme.read_text()
+    bare = tmp_path / "new.md"
+    update_readme(bare, "t")
+    assert START in bare.read_text() and "\nt\n" in bare.read_text()

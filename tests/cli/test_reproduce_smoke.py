@@ -1,0 +1,98 @@
+"""`make reproduce` at smoke size (one seed, end to end through the CLI), plus the §4.5 SSIM and table maths."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pipeline.reproduce import DepthDecoder, ssim
+from pipeline.reproduce_report import stats
+
+
+def test_ssim_identity_is_one_and_noise_lowers_it():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 24, 32, generator=g)
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-5)
+    previous = 1.0
+    for sigma in (0.02, 0.1, 0.3):
+        s = float(ssim(x, (x + sigma * torch.randn(x.shape, generator=g)).clamp(0, 1)).mean())
+        assert s < previous
+        previous = s
+    assert previous < 0.8  # 0.67 for sigma 0.3 on uniform noise images
+
+
+def test_ssim_of_two_constant_images_is_the_luminance_term():
+    # by hand: variances and covariance vanish, so SSIM = (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 L)^2
+    a, b, c1 = 0.5, 0.25, 1e-4
+    x, y = torch.full((1, 1, 9, 9), a), torch.full((1, 1, 9, 9), b)
+    assert float(ssim(x, y)) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-5)  # 0.80006
+
+
+def test_ssim_mask_ignores_uncovered_cells():
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = x.clone()
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[..., :, :8] = True
+    y[..., :, 8:] = 1 - y[..., :, 8:]  # garbage where there is no target
+    assert float(ssim(x, y, mask)) == pytest.approx(1.0, abs=1e-5)
+    assert float(ssim(x, y)) < 0.9
+    assert math.isnan(float(ssim(x, y, torch.zeros_like(mask))))
+    with pytest.raises(ValueError):
+        ssim(x, y[..., :8])
+
+
+def test_depth_decoder_keeps_the_grid_and_stats_use_sample_std():
+    assert DepthDecoder(32)(torch.zeros(2, 32, 5, 7)).shape == (2, 1, 5, 7)
+    s = stats([1.0, 2.0, 3.0, float("nan")])
+    assert s["mean"] == 2.0 and s["std"] == 1.0 and s["n"] == 3
+
+
+NUMBER = r"-?\d+\.\d+ ± \d+\.\d+"
+
+
+def test_reproduce_smoke_end_to_end(tmp_path):
+    out = tmp_path / "reproduce"
+    cmd = [sys.executable, "-m", "pipeline.reproduce", "--preset", "smoke", "--seeds", "0", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["seeds"] == [0] and doc["config"]["preset"] == "smoke"
+    assert doc["hardware"]["cpu_count"] >= 1 and doc["hardware"]["torch"]
+    t = doc["tables"]
+    for row in t["table2"]:
+        for k in ("miou", "macc", "pixel_accuracy"):
+            assert row[k]["n"] == 1 and 0.0 <= row[k]["mean"] <= 1.0 and row[k]["std"] == 0.0
+    assert [r["run"] for r in t["table2"]] == ["baseline", "multitask", "paired"]
+    for row in t["table7"]:
+        assert math.isfinite(row["nyu_unpaired_miou"]["mean"])
+        if row["paired_run"]:
+            assert math.isfinite(row["A_val_miou"]["mean"]) and math.isfinite(row["nyu_generalization_miou"]["mean"])
+    for row in t["table8"]:
+        for k in ("A_val_miou", "B_val_miou", "nyu_test_miou"):
+            assert 0.0 <= row[k]["mean"] <= 1.0
+    for row in t["depth_ssim"]:
+        assert -1.0 <= row["ssim"]["mean"] <= 1.0 and row["rmse_m"]["mean"] >= 0.0
+    assert all(math.isfinite(s["seconds"]) and s["seconds"] > 0 for s in doc["steps"])
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Table 2", "## Table 7", "## Table 8", "## §4.5", "## Configuration", "## Hardware",
+                    "## Wall time per step"):
+        assert heading in report
+    # every table row carries numbers (mean ± std), only the shared-discriminator row has empty paired columns
+    sections = report.split("## ")
+    for name, rows in (("Table 2", 3), ("Table 7", 4), ("Table 8", 4), ("§4.5", 2)):
+        body = next(s for s in sections if s.startswith(name))
+        assert len(re.findall(r"^\| [^-|].*" + NUMBER, body, flags=re.M)) == rows, body
+    assert "student seeds 0" in report and "train paired seed 0" in report
+
+    # a second invocation reuses every step and writes the same tables
+    r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert "$ distill-cache" not in r2.stdout
+    assert json.loads((out / "results.json").read_text())["tables"] == t
