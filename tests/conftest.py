@@ -73,3 +73,14 @@ def make_cache(tmp_path: Path) -> Callable[..., Path]:
         return out
 
     return build
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: a small ResNet step is faster on one thread than two on a loaded 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,13 +15,7 @@ from stages.train.config import CONFIG_DIR, apply_overrides, load_config
 from stages.train.evaluate import EvalConfig, evaluate, load_student, predict_probabilities
 from stages.train.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -21,13 +21,7 @@ def tiny(**overrides) -> TrainConfig:
                            {"log.progress": False, "schedule.iters": 2, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A ResNet-18 step on 65-pixel crops is faster on one thread than two on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -18,12 +18,7 @@ def tiny(**overrides) -> TrainConfig:
     return apply_overrides(load_config(CONFIG_DIR / "tiny.yaml"), {"log.progress": False, **overrides})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
