@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from pipeline.options import parse_storage_options, storage_option
+
 
 @click.command("inspect")
 @click.argument("cache")
@@ -17,7 +19,9 @@ import click
               help="Write the frame's content to an .npz (image, labels, cells, features, ...).")
 @click.option("--render", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a PNG of the frame with its covered cells coloured by a PCA of the features.")
-def command(cache: str, as_json: bool, scene: str | None, frame: int, dump: Path | None, render: Path | None) -> None:
+@storage_option
+def command(cache: str, as_json: bool, scene: str | None, frame: int, dump: Path | None, render: Path | None,
+            storage_opts: tuple[str, ...]) -> None:
     """Summarize CACHE (a path or an http(s):// / s3:// URL): scenes, frames, coverage, bytes per frame, statistics,
     teacher and projection parameters, fingerprint. Opening a cache to inspect never writes to it."""
     import numpy as np
@@ -26,7 +30,7 @@ def command(cache: str, as_json: bool, scene: str | None, frame: int, dump: Path
     from pipeline.inspect_cache import dump_frame, format_summary, render_coverage, summarize
 
     try:
-        reader = open_cache(cache)
+        reader = open_cache(cache, storage_options=parse_storage_options(storage_opts))
         if dump or render:
             scenes = reader.complete_scenes()
             if not scenes:

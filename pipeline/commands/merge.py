@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.commands.pull import echo_report, run_transfer
-from pipeline.commands.verify import parse_storage_options, storage_option
+from pipeline.options import parse_storage_options, storage_option
 
 
 @click.command("merge")

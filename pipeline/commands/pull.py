@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from pipeline.commands.verify import parse_storage_options, storage_option
+from pipeline.options import parse_storage_options, storage_option
 
 
 def run_transfer(fn, *args, **kwargs):

@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import click
 
+from pipeline.options import parse_storage_options, storage_option
+
+
 # Shared with `pull` and `merge` (they import it from here).
-storage_option = click.option(
-    "--storage-option", "-S", "storage_opts", multiple=True, metavar="KEY=VALUE",
-    help="fsspec storage option for remote caches, repeatable, e.g. endpoint_url=http://127.0.0.1:9000 for an "
-         "S3-compatible server or anon=true. VALUE is parsed as JSON when it is valid JSON, else kept as text. "
-         "Credentials come from the usual AWS environment/config; AWS_ENDPOINT_URL is honoured.")
-
-
-def parse_storage_options(items: tuple[str, ...]) -> dict[str, Any] | None:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--storage-option")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out or None
-
-
-
 @click.command("verify")
 @click.argument("cache")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
