@@ -141,3 +141,19 @@ def test_custom_autograd_matches_numerical_gradient():
         return ops.features(ops.conv_transpose(z, c, None, 2, 2))
 
     assert torch.autograd.gradcheck(fn, (feats, w3, w2, wt))
+
+
+def test_checkpoint_with_other_class_count_loads_for_features(tmp_path):
+    """An S3DIS teacher (13 classes) extracts features although TeacherConfig defaults to 20 classes."""
+    from stages.extract.teacher import TeacherConfig, load_teacher, save_teacher_checkpoint
+    from stages.extract.teacher.network import Res16UNet
+
+    net = Res16UNet(3, 13, "Res16UNet34C")
+    net.reset_parameters(1)
+    path = tmp_path / "s3dis.pth"
+    save_teacher_checkpoint(net.state_dict(), path)
+    teacher = load_teacher(TeacherConfig(backend="torch"), path)
+    rng = np.random.default_rng(0)
+    feats = teacher.point_features(rng.uniform(0, 1, (500, 3)).astype(np.float32),
+                                   rng.integers(0, 255, (500, 3), dtype=np.uint8))
+    assert feats.shape == (500, 96) and np.isfinite(feats).all()

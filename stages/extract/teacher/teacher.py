@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,14 +89,21 @@ def load_teacher(cfg: TeacherConfig, checkpoint: Path | None = None, *, init: st
                  seed: int = 0) -> Teacher:
     """A ready teacher. ``init="checkpoint"`` loads ``checkpoint`` strictly; ``init="random"`` draws
     deterministic weights from ``seed`` (debugging, benchmarks), recorded as ``random:<seed>``."""
-    net = build_network(cfg)
     if init == "random":
+        net = build_network(cfg)
         net.reset_parameters(seed)
         checkpoint_id = f"random:{seed}"
     elif init == "checkpoint":
         if checkpoint is None:
             raise ValueError("load_teacher(init='checkpoint') needs a checkpoint path (or use init='random')")
-        load_state_dict_strict(net, read_state_dict(Path(checkpoint)), source=str(checkpoint))
+        state = read_state_dict(Path(checkpoint))
+        # the classifier's width is the checkpoint's (a ScanNet teacher has 20 classes, an S3DIS one 13): features
+        # are read before `final`, so any labelled teacher serves any dataset; every other key stays strict
+        final = state.get("final.kernel")
+        if final is not None and final.ndim == 2 and final.shape[1] != cfg.num_classes:
+            cfg = dataclasses.replace(cfg, num_classes=int(final.shape[1]))
+        net = build_network(cfg)
+        load_state_dict_strict(net, state, source=str(checkpoint))
         checkpoint_id = checkpoint_sha256(Path(checkpoint))
     else:
         raise ValueError(f"init must be 'checkpoint' or 'random', got {init!r}")
