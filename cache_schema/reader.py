@@ -71,12 +71,13 @@ class SceneReader:
         for name, off in (("image_offsets", self.image_offsets), ("cell_offsets", self.cell_offsets)):
             if off.shape != (f + 1,) or off[0] != 0 or np.any(np.diff(off) < 0):
                 raise CacheError(f"scene {self.name}: {name} malformed (shape {off.shape}, frames {f})")
-        if self.image_offsets[-1] != self.group["image_data"].shape[0]:
+        # self.arrays opens each array's metadata once; read_block reuses the same handles (one fetch remotely)
+        n_image, n_cells = self.arrays["image_data"].shape[0], self.arrays["cells"].shape[0]
+        if self.image_offsets[-1] != n_image:
             raise CacheError(f"scene {self.name}: image_offsets end {self.image_offsets[-1]} != image_data "
-                             f"length {self.group['image_data'].shape[0]}")
-        if self.cell_offsets[-1] != self.group["cells"].shape[0]:
-            raise CacheError(f"scene {self.name}: cell_offsets end {self.cell_offsets[-1]} != cells length "
-                             f"{self.group['cells'].shape[0]}")
+                             f"length {n_image}")
+        if self.cell_offsets[-1] != n_cells:
+            raise CacheError(f"scene {self.name}: cell_offsets end {self.cell_offsets[-1]} != cells length {n_cells}")
 
     @property
     def num_cells(self) -> int:
