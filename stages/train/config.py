@@ -62,13 +62,19 @@ class OptimConfig:
 
 
 @dataclass
-class LossConfig:
+class LossWeights:
+    """The loss weights (the paper's values); the one definition losses.py and the config share."""
+
     seg: float = 1.0
     aux: float = 0.4
     paired: float = 0.03  # L_p (Eq. 1)
     adv: float = 0.01  # L_adv(Φ2D) (Eq. 4)
-    depth: float = 0.03  # Multitask baseline
+    depth: float = 0.03  # Multitask baseline; the paper gives no value, we reuse L_p's
     depth_kind: str = "l2"  # l2 | l1
+
+
+@dataclass
+class LossConfig(LossWeights):
     disc: str = "per-class"  # per-class | shared (SAAL ablation, Table 7)
     max_per_class: int = 256  # samples per class and batch fed to a discriminator
 

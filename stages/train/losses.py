@@ -23,18 +23,9 @@ from torch import nn
 
 from cache_schema.labels import IGNORE
 from stages.train.batch import Batch
+from stages.train.config import LossWeights
 from stages.train.model.discriminators import SemanticAwareDiscriminators
 from stages.train.model.student import StudentOutput
-
-
-@dataclass
-class LossWeights:
-    seg: float = 1.0
-    aux: float = 0.4
-    paired: float = 0.03  # L_p (Eq. 1)
-    adv: float = 0.01  # L_adv(Φ2D) (Eq. 4)
-    depth: float = 0.03  # Multitask baseline; the paper gives no value, we reuse L_p's
-    depth_kind: str = "l2"  # "l2" | "l1"
 
 
 def _check_grid(name: str, x: torch.Tensor, mask: torch.Tensor) -> None:

@@ -239,8 +239,7 @@ class Trainer:
         if self.feature_loader is not None and len(self.feature_loader) == 0:
             raise TrainError(f"{self.feature_reader.url}: no full batch for the feature loader")
         self.total_iters = cfg.schedule.iters or max(1, math.ceil(cfg.schedule.epochs * len(self.loader)))
-        self.weights = LossWeights(seg=cfg.loss.seg, aux=cfg.loss.aux, paired=cfg.loss.paired, adv=cfg.loss.adv,
-                                   depth=cfg.loss.depth, depth_kind=cfg.loss.depth_kind)
+        self.weights: LossWeights = cfg.loss  # LossConfig is LossWeights plus the discriminator settings
         self.optimizer = torch.optim.SGD(head_parameter_groups(self.student, cfg), lr=cfg.optim.lr,
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
         self.adversarial: SemanticAwareAdversarialLoss | None = None
