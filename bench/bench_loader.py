@@ -33,61 +33,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import BENCH_C as C  # noqa: E402
+from bench.common import BENCH_H as H  # noqa: E402
+from bench.common import BENCH_W as W  # noqa: E402
+from bench.common import build_bench_cache  # noqa: E402
 from cache_schema import (  # noqa: E402
-    SCANNET20,
-    CachedFrame,
-    CacheWriter,
-    DatasetInfo,
-    ImageEncoding,
-    Manifest,
-    ProjectionParams,
-    TeacherInfo,
     open_cache,
 )
-from cache_schema.image_codec import encode_image  # noqa: E402
 from stages.train.loader import CacheLoader, LoaderConfig  # noqa: E402
-
-H, W, C, K = 480, 640, 96, 8
-
-
-def _smooth_image(rng: np.random.Generator) -> np.ndarray:
-    """Low-frequency colour fields plus mild noise: JPEG sizes close to real indoor photos (~50-80 KB at q90)."""
-    small = (rng.random((12, 16, 3)) * 255).astype(np.uint8)
-    img = cv2.resize(small, (W, H), interpolation=cv2.INTER_CUBIC).astype(np.int16)
-    img += rng.integers(-4, 5, img.shape, dtype=np.int16)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def build_cache(path: Path, frames: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    scenes = [f"scene{i:04d}_00" for i in range(max(1, frames // 50))]
-    manifest = Manifest(
-        dataset=DatasetInfo(name="scannet", label_space=SCANNET20.to_json(), scenes=scenes, split="explicit",
-                            input_fingerprint="bench"),
-        projection=ProjectionParams(stride=K), encoding=ImageEncoding(format="jpeg", quality=90),
-        teacher=TeacherInfo(architecture="Res16UNet34C", backend="torch", checkpoint_sha256="random:0",
-                            voxel_size=0.02, feature_layer="block8", channels=C),
-        producer={"name": "distill-cache", "version": "bench"})
-    writer = CacheWriter.create(path, manifest)
-    gh, gw = -(-H // K), -(-W // K)
-    per = -(-frames // len(scenes))
-    ids = np.array(SCANNET20.ids, np.uint8)
-    made = 0
-    for s in scenes:
-        sw = writer.begin_scene(s, height=H, width=W)
-        for f in range(min(per, frames - made)):
-            n = int(0.15 * gh * gw)
-            cells = np.sort(rng.choice(gh * gw, n, replace=False)).astype(np.int32)
-            labels = cv2.resize(rng.choice(ids, (6, 8)), (W, H), interpolation=cv2.INTER_NEAREST)
-            sw.add(CachedFrame(frame_id=f, image=encode_image(_smooth_image(rng), "jpeg", 90), image_size=(H, W),
-                               labels=labels, intrinsics=np.eye(3), pose=np.eye(4), cells=cells,
-                               features=rng.normal(size=(n, C)).astype(np.float16),
-                               point_index=np.arange(n, dtype=np.int32), point_labels=rng.choice(ids, n),
-                               depth=rng.uniform(0.5, 5, n).astype(np.float16)))
-            made += 1
-        sw.commit()
-    writer.finalize_stats()
-    return path
 
 
 def _jpegs(cache_path: Path) -> list[np.ndarray]:
@@ -153,7 +106,7 @@ def main() -> None:
         path = args.cache or Path(tmp) / "bench-cache"
         if not (path / "zarr.json").exists():
             t0 = time.perf_counter()
-            build_cache(path, args.frames)
+            build_bench_cache(path, args.frames)
             print(f"built {args.frames} frames in {time.perf_counter() - t0:.1f}s at {path}", file=sys.stderr)
         jpegs = _jpegs(path)
         before = decode_rate(jpegs, threads, args.runs)

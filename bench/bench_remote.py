@@ -14,54 +14,18 @@ import functools
 import http.server
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runnable as `python bench/bench_remote.py`
 
+from bench.common import build_bench_cache  # noqa: E402
 from cache_schema import (
-    SCANNET20,
-    CachedFrame,
-    CacheWriter,
-    DatasetInfo,
-    ImageEncoding,
-    Manifest,
-    ProjectionParams,
-    TeacherInfo,
     open_cache,
 )
-from cache_schema.image_codec import encode_image
-from cache_schema.layout import grid_shape
-
-H, W, C, STRIDE, COVERAGE = 480, 640, 96, 8, 0.15
-
-
-def build_cache(root: Path, frames: int) -> None:
-    rng = np.random.default_rng(0)
-    m = Manifest(dataset=DatasetInfo("scannet", SCANNET20.to_json(), ["scene0000_00"], "explicit", "bench"),
-                 projection=ProjectionParams(stride=STRIDE), encoding=ImageEncoding("jpeg", 90),
-                 teacher=TeacherInfo("Res16UNet34C", "torch", "random:0", 0.02, "block8", C))
-    w = CacheWriter.create(root, m)
-    sw = w.begin_scene("scene0000_00", height=H, width=W)
-    gh, gw = grid_shape(H, W, STRIDE)
-    yy, xx = np.mgrid[0:H, 0:W]
-    for i in range(frames):
-        # Smooth content plus noise: JPEG sizes near real indoor frames (tens of KB), not white noise.
-        base = np.stack([(xx + 3 * i) % 256, (yy + 5 * i) % 256, (xx + yy) % 256], -1).astype(np.float32)
-        img = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
-        n = int(COVERAGE * gh * gw)
-        cells = np.sort(rng.choice(gh * gw, n, replace=False)).astype(np.int32)
-        sw.add(CachedFrame(frame_id=i, image=encode_image(img, "jpeg", 90), image_size=(H, W),
-                           labels=rng.choice(np.array(SCANNET20.ids, np.uint8), (H // 16, W // 16)).repeat(16, 0)
-                           .repeat(16, 1), intrinsics=np.eye(3), pose=np.eye(4), cells=cells,
-                           features=rng.normal(size=(n, C)).astype(np.float16),
-                           point_index=rng.integers(0, 1 << 20, n).astype(np.int32),
-                           point_labels=rng.choice(np.array(SCANNET20.ids, np.uint8), n),
-                           depth=rng.uniform(0.5, 5, n).astype(np.float16)))
-    sw.commit()
-    w.finalize_stats()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -90,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "cache"
-        build_cache(root, args.frames)
+        build_bench_cache(root, args.frames, frames_per_scene=args.frames)
         stored = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         handler = functools.partial(_Quiet, directory=str(root))
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
