@@ -21,7 +21,11 @@ from cache_schema import (
 from cache_schema.image_codec import encode_image
 from cache_schema.layout import grid_shape
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+_REPO = Path(__file__).resolve().parents[1]
+# The real label tables and splits (tests may read them; the package never does): the project's shared/data, inside
+# the checkout or beside it (where CI puts it), else the developers' machines' copy.
+SHARED_DATA = next((p for p in (_REPO / "shared" / "data", _REPO.parent / "shared" / "data", Path("/work/shared/data"))
+                    if (p / "SHA256SUMS").is_file()), _REPO / "shared" / "data")
 
 
 def random_frame(rng: np.random.Generator, frame_id: int, h: int, w: int, c: int, stride: int,

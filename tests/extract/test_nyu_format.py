@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
+from conftest import SHARED_DATA as DATA
 
 from stages.extract.formats.errors import FormatError
 from stages.extract.formats.nyu import (
@@ -21,11 +22,6 @@ from stages.extract.formats.nyu import (
     write_nyu,
 )
 from stages.extract.formats.records import FrameRecord
-
-_REPO = Path(__file__).resolve().parents[2]
-# The real tables live in the project's shared/data (inside the checkout or beside it).
-DATA = next((p for p in (_REPO / "shared" / "data", _REPO.parent / "shared" / "data", Path("/work/shared/data"))
-             if (p / "nyuv2_splits.mat").is_file()), _REPO / "shared" / "data")
 
 
 def random_frames(rng: np.random.Generator, count: int, h: int, w: int) -> list[FrameRecord]:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+from conftest import SHARED_DATA as DATA
 
 from cache_schema.labels import SCANNET20
 from stages.extract.formats.scannet import ScanNetDataset
 from stages.extract.formats.scannet_labels import read_label_table, read_scene_list
 
-_REPO = Path(__file__).resolve().parents[2]
-# The real tables live in the project's shared/data (inside the checkout or beside it).
-DATA = next((p for p in (_REPO / "shared" / "data", _REPO.parent / "shared" / "data", Path("/work/shared/data"))
-             if (p / "scannetv2-labels.combined.tsv").is_file()), _REPO / "shared" / "data")
 TABLE = DATA / "scannetv2-labels.combined.tsv"
 
 

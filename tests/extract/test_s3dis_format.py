@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_DATA as DATA
 
 from cache_schema.labels import IGNORE, S3DIS13
 from stages.extract.formats.common import fingerprint_files
@@ -25,11 +26,6 @@ from stages.extract.formats.s3dis import (
     write_s3dis_room,
     write_semantic_labels,
 )
-
-_REPO = Path(__file__).resolve().parents[2]
-# The real label tables live in the project's shared/data (inside the checkout or beside it).
-DATA = next((p for p in (_REPO / "shared" / "data", _REPO.parent / "shared" / "data", Path("/work/shared/data"))
-             if (p / "s3dis_class_names.txt").is_file()), _REPO / "shared" / "data")
 
 
 def random_room(rng: np.random.Generator, n: int):
