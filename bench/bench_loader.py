@@ -7,21 +7,33 @@ channels at 15 % cell coverage, then measures in the same process, as medians of
     threads as the loader has workers (cv2 releases the GIL), in frames/s;
 (b) loader: whole epochs of `CacheLoader` (workers mode, the CPU path) from the store on disk to *ready batches*
     (every tensor of `Batch` filled: float32 normalized image, int64 labels, dense features, mask, feature labels,
-    depth), in frames/s; training mode (scale, rotate, flip, 473 crop) and evaluation mode (native size) separately.
+    depth), in frames/s; training mode (scale, rotate, flip, 473 crop) and evaluation mode (native size) separately;
+(c) the host side of the GPU path ("device" mode, `CacheLoader.host_batches`): CPU JPEG decode, training-id labels
+    and the raw cells packed into the (pinned on CUDA) batch buffers, with the warp, normalization and scatter left
+    to the device — the CPU work per frame a GPU machine pays with CPU decode.
 
 Per core = frames/s ÷ min(cores, threads) for both; ratio = loader ÷ decode bound (the threads and the cores being
 the same, it equals the ratio of the per-core figures). The decode bound is measured before and after the loader
 runs and averaged (the machine's load drifts). One JSON line per mode.
 
+With `--device cuda` two more lines: (d) batches/s delivered to the GPU (device mode: nvJPEG when torchvision is
+installed, warp/normalize/scatter on the GPU, copies on a side stream), each batch synchronized as used; (e) the
+trainer's data-wait fraction: `distill-cache train --mode paired` (PSPNet-`--depth`, batch 16, crop 473, AMP) on
+the same cache for `--train-iters` iterations, read from its log.csv (the mean of data_wait_frac over the logged
+intervals after the first).
+
     .venv/bin/python bench/bench_loader.py [--frames 200] [--workers 2] [--runs 5] [--mode train|eval|both]
+    .venv/bin/python bench/bench_loader.py --device cuda --workers 8
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,21 +84,64 @@ def decode_rate(jpegs: list[np.ndarray], threads: int, runs: int) -> float:
         return statistics.median(once(pool) for _ in range(runs))
 
 
-def loader_rate(cache_path: Path, cfg: LoaderConfig, runs: int) -> float:
-    """Frames/s of whole epochs through the loader: each batch is ready (all tensors filled) when yielded."""
+def loader_rate(cache_path: Path, cfg: LoaderConfig, runs: int, *, host: bool = False) -> float:
+    """Frames/s of whole epochs through the loader: each batch is ready (all tensors filled) when yielded. With
+    `host`, the host side of the GPU path instead ("device" mode: what the workers hand to the device — decoded
+    uint8 images, labels, raw cells — with the warp, normalization and scatter left to the device)."""
     loader = CacheLoader(open_cache(cache_path), cfg)
 
     def once() -> float:
         n = 0
         t0 = time.perf_counter()
-        for b in loader:
-            n += int(b.index.shape[0])
+        for b in (loader.host_batches() if host else loader):
+            n += int(b["index"].shape[0] if host else b.index.shape[0])
         return n / (time.perf_counter() - t0)
 
     once()
     rates = [once() for _ in range(runs)]
     loader.close()
     return statistics.median(rates)
+
+
+def gpu_rate(cache_path: Path, cfg: LoaderConfig, runs: int, device: str) -> dict:
+    """Batches/s and frames/s delivered to the GPU: every batch's tensors ready on `device` (synchronized)."""
+    import torch
+
+    loader = CacheLoader(open_cache(cache_path), cfg, device=device)
+
+    def once() -> tuple[float, int]:
+        n = nb = 0
+        t0 = time.perf_counter()
+        for b in loader:
+            torch.cuda.synchronize(device)
+            n += int(b.index.shape[0])
+            nb += 1
+        dt = time.perf_counter() - t0
+        return nb / dt, n / dt
+
+    once()
+    rates = [once() for _ in range(runs)]
+    loader.close()
+    return {"gpu_batches_per_s": round(statistics.median(r[0] for r in rates), 2),
+            "gpu_frames_per_s": round(statistics.median(r[1] for r in rates), 1),
+            "gpu_mode": loader.mode, "gpu_nvjpeg": loader.gpu_decode}
+
+
+def trainer_wait(cache_path: Path, device: str, depth: int, iters: int, workers: int) -> dict:
+    """The trainer's data-wait fraction on `device` from its own log (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pipeline.cli", "train", "--cache", str(cache_path), "--out", f"{tmp}/run",
+               "--mode", "paired", "--iters", str(iters), "--batch-size", "16", "--crop", "473", "--depth",
+               str(depth), "--device", device, "--workers", str(workers), "--checkpoint-every", str(iters),
+               "--set", "log.every=10", "--quiet"]
+        subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+        with open(f"{tmp}/run/log.csv") as f:
+            rows = list(csv.DictReader(f))
+    later = rows[1:] or rows
+    return {"train_iters": iters, "train_depth": depth,
+            "data_wait_frac": round(statistics.mean(float(r["data_wait_frac"]) for r in later), 4),
+            "step_time_s": round(statistics.median(float(r["step_time"]) for r in later), 4),
+            "frames_per_s_training": round(statistics.median(float(r["frames_per_s"]) for r in later), 1)}
 
 
 def main() -> None:
@@ -98,6 +153,10 @@ def main() -> None:
     p.add_argument("--mode", choices=("train", "eval", "both"), default="both",
                    help="training augmentation (473 crop), evaluation (native size), or both")
     p.add_argument("--cache", type=Path, default=None, help="reuse/build the cache here instead of a temp dir")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: adds batches/s to the GPU and the trainer's "
+                   "data-wait fraction")
+    p.add_argument("--depth", type=int, default=50, help="--device cuda: the student trained for the data-wait figure")
+    p.add_argument("--train-iters", type=int, default=60, help="--device cuda: training iterations for data wait")
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
     threads = max(args.workers, 1)
@@ -113,18 +172,29 @@ def main() -> None:
         single = decode_rate(jpegs, 1, args.runs)
         load = {m: loader_rate(path, LoaderConfig(batch_size=args.batch_size, workers=args.workers,
                                                   train=m == "train"), args.runs) for m in modes}
+        if "train" in modes:  # the CPU share of the GPU path: CPU JPEG decode to the pinned batch
+            load["host"] = loader_rate(path, LoaderConfig(batch_size=args.batch_size, workers=args.workers,
+                                                          augment_on="device"), args.runs, host=True)
+        gpu = None
+        if args.device.startswith("cuda"):
+            gpu = gpu_rate(path, LoaderConfig(batch_size=args.batch_size, workers=args.workers), args.runs,
+                           args.device)
+            gpu |= trainer_wait(path, args.device, args.depth, args.train_iters, args.workers)
         after = decode_rate(jpegs, threads, args.runs)  # again after: the machine's load drifts
     decode = (before + after) / 2
     per = min(cores, threads)
-    for m in modes:
+    labels = {"train": "train (scale, rotate, flip, crop 473)", "eval": "eval",
+              "host": "GPU path, host side (CPU decode + labels + cells to the pinned batch; warp on device)"}
+    for m in load:
         print(json.dumps({
             "frames": len(jpegs), "image": [H, W], "channels": C,
             "mean_jpeg_kb": round(float(np.mean([j.size for j in jpegs])) / 1024, 1),
-            "mode": m if m == "eval" else "train (scale, rotate, flip, crop 473)", "batch_size": args.batch_size,
+            "mode": labels[m], "key": m, "batch_size": args.batch_size,
             "workers": args.workers, "cores": cores, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "decode_1thread_fps": round(single, 1), "decode_fps": round(decode, 1),
             "decode_fps_per_core": round(decode / per, 1), "loader_fps": round(load[m], 1),
-            "loader_fps_per_core": round(load[m] / per, 1), "ratio": round(load[m] / decode, 3)}))
+            "loader_fps_per_core": round(load[m] / per, 1), "ratio": round(load[m] / decode, 3)}
+            | ({"device": args.device} | gpu if gpu and m == "train" else {})))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import sys
@@ -31,6 +32,36 @@ class TeacherSpec:
     device: str = "cpu"
     layer: str = "block8"
     voxel_size: float = 0.02
+    architecture: str = "Res16UNet34C"
+
+
+def teacher_geometry(checkpoint: Path | None, architecture: str | None, voxel_size: float | None
+                     ) -> tuple[str, float, str | None]:
+    """(architecture, voxel size, where they came from) for extracting with `checkpoint`.
+
+    Explicit values win. Otherwise `train-teacher`'s sidecar (CHECKPOINT.json) supplies them when it describes this
+    very file (its checkpoint_sha256 matches); a sidecar of other weights is an error rather than a silent guess.
+    Without a sidecar: the paper's Res16UNet34C at 2 cm.
+    """
+    from stages.extract.teacher.checkpoint import checkpoint_sha256
+
+    source = None
+    if checkpoint is not None and (architecture is None or voxel_size is None):
+        side = Path(checkpoint).with_name(Path(checkpoint).name + ".json")
+        if side.is_file():
+            try:
+                meta = json.loads(side.read_text())
+                cfg, sha = meta["config"], meta["checkpoint_sha256"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{side}: not a train-teacher sidecar ({e}); pass --architecture and --voxel-size"
+                                 ) from e
+            if sha != checkpoint_sha256(Path(checkpoint)):
+                raise ValueError(f"{side} describes other weights than {checkpoint} (sha256 differs); remove it or "
+                                 "pass --architecture and --voxel-size")
+            architecture = architecture or str(cfg["architecture"])
+            voxel_size = voxel_size if voxel_size is not None else float(cfg["voxel_size"])
+            source = str(side)
+    return architecture or "Res16UNet34C", 0.02 if voxel_size is None else float(voxel_size), source
 
 
 @dataclass
@@ -90,7 +121,8 @@ def _teacher(spec: TeacherSpec):
     """One teacher per process (dask workers reuse it across the scenes they are given)."""
     from stages.extract.teacher import TeacherConfig, load_teacher
 
-    cfg = TeacherConfig(voxel_size=spec.voxel_size, layer=spec.layer, backend=spec.backend, device=spec.device)
+    cfg = TeacherConfig(architecture=spec.architecture, voxel_size=spec.voxel_size, layer=spec.layer,
+                        backend=spec.backend, device=spec.device)
     return load_teacher(cfg, spec.checkpoint, init=spec.init, seed=spec.seed)
 
 

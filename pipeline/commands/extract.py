@@ -37,6 +37,9 @@ from pipeline.options import parse_scene_list, parse_size
               show_default=True, help="Sparse-convolution backend of the teacher.")
 @click.option("--device", default="cpu", show_default=True, help="Teacher device (cpu, cuda, cuda:1...).")
 @click.option("--layer", default="block8", show_default=True, help="Teacher layer whose features are cached.")
+@click.option("--architecture", help="Res16UNet variant of the checkpoint (default: from the checkpoint's "
+              "train-teacher sidecar CKPT.json when present, else Res16UNet34C).")
+@click.option("--voxel-size", type=float, help="Teacher voxel edge in metres (default: the sidecar's, else 0.02).")
 @click.option("--frame-skip", type=int, default=1, show_default=True, help="Use every N-th frame (20, 100 common).")
 @click.option("--stride", type=int, default=8, show_default=True, help="Keep one cell every K pixels.")
 @click.option("--dilation", type=int, default=0, show_default=True, help="Splat radius R in pixels.")
@@ -55,12 +58,20 @@ from pipeline.options import parse_scene_list, parse_size
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split, teacher_checkpoint, teacher_init,
-            seed, backend, device, layer, frame_skip, stride, dilation, depth_check, depth_abs_tol, depth_rel_tol,
+            seed, backend, device, layer, architecture, voxel_size, frame_skip, stride, dilation, depth_check,
+            depth_abs_tol, depth_rel_tol,
             sampling, image_size, image_format, jpeg_quality, workers, scheduler, as_json, quiet):
     """Run the 3D teacher once per scene, project its per-point features into every frame (z-buffer, every K-th
     pixel) and write one complete scene group per scene into the cache. Rerunning resumes: complete scenes are
     kept, incomplete ones are redone."""
-    from pipeline.extraction import LockedError, TeacherSpec, report_json, run_extraction, summary_table
+    from pipeline.extraction import (
+        LockedError,
+        TeacherSpec,
+        report_json,
+        run_extraction,
+        summary_table,
+        teacher_geometry,
+    )
     from stages.extract.formats.registry import DatasetSpec
     from stages.extract.job import JobConfig
     from stages.extract.projection import ProjectionConfig
@@ -70,8 +81,15 @@ def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split
                                "`distill-cache train-teacher` makes one for a synthetic world")
     spec = DatasetSpec(name=dataset, root=root, scenes=parse_scene_list(scenes), split_file=split_file,
                        label_map=label_map, layout=layout, split=nyu_split)
+    try:
+        arch, vs, source = teacher_geometry(teacher_checkpoint if teacher_init == "checkpoint" else None,
+                                            architecture, voxel_size)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if source and not quiet:
+        click.echo(f"teacher {arch}, voxel {vs} m (from {source})", err=True)
     teacher = TeacherSpec(checkpoint=teacher_checkpoint, init=teacher_init, seed=seed, backend=backend, device=device,
-                          layer=layer)
+                          layer=layer, architecture=arch, voxel_size=vs)
     job = JobConfig(projection=ProjectionConfig(stride=stride, dilation=dilation, depth_check=depth_check,
                                                 depth_abs_tol=depth_abs_tol, depth_rel_tol=depth_rel_tol,
                                                 sampling=sampling),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from cache_schema.labels import SCANNET20
@@ -65,3 +66,21 @@ def test_backends_command_lists_backends():
     assert data["auto"] in data["backends"] and data["auto_order"] == ["spconv", "minkowski", "torch"]
     text = CliRunner().invoke(main, ["backends"]).output
     assert "torch" in text and "auto ->" in text
+
+
+def test_extraction_takes_the_teachers_geometry_from_its_sidecar(tmp_path):
+    """A non-default teacher (architecture, voxel size) is extracted as trained, from `train-teacher`'s sidecar;
+    explicit flags win; a sidecar of other weights is refused rather than trusted."""
+    from pipeline.extraction import teacher_geometry
+
+    cfg = TeacherConfig(architecture="Res16UNet14A", voxel_size=0.05, backend="torch")
+    out = tmp_path / "teacher.pth"
+    train_teacher([toy_scene("a", 0)], [], SCANNET20, cfg, epochs=1, lr=0.01, seed=0, out=out, progress=False,
+                  max_points=500)
+    arch, vs, src = teacher_geometry(out, None, None)
+    assert (arch, vs, src) == ("Res16UNet14A", 0.05, str(tmp_path / "teacher.pth.json"))
+    assert teacher_geometry(out, "Res16UNet34C", 0.02)[:2] == ("Res16UNet34C", 0.02)
+    assert teacher_geometry(None, None, None) == ("Res16UNet34C", 0.02, None)
+    out.write_bytes(out.read_bytes() + b"\0")  # other weights than the sidecar describes
+    with pytest.raises(ValueError, match="sha256 differs"):
+        teacher_geometry(out, None, None)

@@ -140,3 +140,22 @@ def test_half_size_jpeg_decode_when_shrinking(tmp_path: Path) -> None:
     diff = (x.image - y.image).abs().permute(1, 0, 2, 3)[:, inside]
     assert diff.mean() < 0.03, float(diff.mean())
     assert (x.labels == y.labels).float().mean() > 0.97  # nearest sampling may round a tie differently
+
+
+def test_host_batches_are_what_the_device_receives(make_cache) -> None:
+    """`host_batches` in device mode: decoded RGB images and training-id labels of the same frames as iteration,
+    and the loader's position moves on as with iteration."""
+    cache = open_cache(make_cache(scenes=1, frames=6, h=40, w=48))
+    scene = cache.scene("scene0000_00")
+    loader = CacheLoader(cache, LoaderConfig(batch_size=3, train=False, augment_on="device"))
+    seen = 0
+    for host in loader.host_batches():
+        for k, g in enumerate(host["index"].tolist()):
+            f = scene.read_frame(int(g))
+            from cache_schema.image_codec import decode_image
+
+            np.testing.assert_array_equal(host["image_u8"][k].numpy(), decode_image(f.image, (40, 48)))
+            np.testing.assert_array_equal(host["labels_u8"][k].numpy(), SCANNET20.to_train_ids(f.labels))
+            seen += 1
+    assert seen == 6 and loader.epoch == 1 and loader.position == 0
+    loader.close()

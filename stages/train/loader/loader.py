@@ -40,6 +40,8 @@ from .pinned import BufferArena, CopyStream
 from .reader import BlockCache, BlockReader, Prefetcher, SceneReaders, block_uses
 from .scatter import output_grid, scatter_batch_torch, scatter_frame
 
+_IMREAD_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10
+
 
 @dataclass
 class LoaderConfig:
@@ -178,8 +180,8 @@ class CacheLoader:
 
     # ---- iteration ----
 
-    def __iter__(self) -> Iterator[Batch]:
-        """The rest of the current epoch (from `position`); afterwards the loader moves to the next epoch."""
+    def _start(self) -> tuple[int, int, Prefetcher]:
+        """Begin iterating the rest of the current epoch: (epoch, number of batches, running prefetcher)."""
         epoch, order = self.epoch, self._order(self.epoch)
         slices = self._batches(len(order))
         used = order[: slices[-1][1]] if slices else order[:0]
@@ -198,23 +200,49 @@ class CacheLoader:
             if self._active is not None:
                 raise RuntimeError("CacheLoader: only one iteration at a time")
             pf = self._active = Prefetcher(len(slices), work, self._slots, self.cfg.workers, first=first)
+        return epoch, len(slices), pf
+
+    def _stop(self, pf: Prefetcher) -> None:
+        pf.close()
+        with self._lock:
+            self._active = None
+
+    def __iter__(self) -> Iterator[Batch]:
+        """The rest of the current epoch (from `position`); afterwards the loader moves to the next epoch."""
+        epoch, nb, pf = self._start()
+        first = self.position
         try:
-            staged = self._stage(pf, first) if first < len(slices) else None
-            for b in range(first, len(slices)):
+            staged = self._stage(pf, first) if first < nb else None
+            for b in range(first, nb):
                 cur = staged
-                staged = self._stage(pf, b + 1) if self._copy.cuda and b + 1 < len(slices) else None
+                staged = self._stage(pf, b + 1) if self._copy.cuda and b + 1 < nb else None
                 batch = self._finish(cur)
                 self.position = b + 1
                 yield batch
                 self._copy.host_reusable(cur[3])
                 pf.release(cur[0])
-                if staged is None and b + 1 < len(slices):
+                if staged is None and b + 1 < nb:
                     staged = self._stage(pf, b + 1)
             self.epoch, self.position = epoch + 1, 0
         finally:
-            pf.close()
-            with self._lock:
-                self._active = None
+            self._stop(pf)
+
+    def host_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The rest of the current epoch as the workers hand it over, before any host-to-device copy or consumer
+        work: in "workers" mode the finished batch's tensors, in "device" mode the decoded uint8 images, labels
+        and raw cells that the device then warps and scatters. Each dict is valid until the next is requested.
+        For benchmarks (the CPU side of the GPU path, measured without a GPU) and for debugging; advances the
+        loader's position like iteration does."""
+        epoch, nb, pf = self._start()
+        try:
+            for b in range(self.position, nb):
+                slot, host = pf.get(b)
+                self.position = b + 1
+                yield host
+                pf.release(slot)
+            self.epoch, self.position = epoch + 1, 0
+        finally:
+            self._stop(pf)
 
     def _stage(self, pf: Prefetcher, b: int):
         slot, host = pf.get(b)
@@ -262,18 +290,25 @@ class CacheLoader:
     def _where(self, fb: FrameBlock, k: int) -> str:
         return f"{self.cache.url}: scene {fb.scene}, frame {fb.start + k} (frame id {int(fb.frame_id[k])})"
 
-    def _decode_bgr(self, fb: FrameBlock, k: int, h: int, w: int, half: bool = False) -> np.ndarray:
-        """BGR uint8 (h, w, 3); with `half` (JPEG only) libjpeg's DCT-domain ½ scaling, (ceil(h/2), ceil(w/2))."""
+    def _decode_bgr(self, fb: FrameBlock, k: int, h: int, w: int, half: bool = False, rgb: bool = False
+                    ) -> np.ndarray:
+        """BGR (or with `rgb`, RGB) uint8 (h, w, 3); with `half` (JPEG only) libjpeg's DCT-domain ½ scaling,
+        (ceil(h/2), ceil(w/2))."""
         data = fb.image_data[fb.image_offsets[k]: fb.image_offsets[k + 1]]
         if self.encoding == "raw":
             if data.size != h * w * 3:
                 raise CacheError(f"{self._where(fb, k)}: raw image has {data.size} bytes, expected {h * w * 3}")
-            return cv2.cvtColor(data.reshape(h, w, 3), cv2.COLOR_RGB2BGR)
-        bgr = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_2 if half else cv2.IMREAD_COLOR) if data.size else None
+            return data.reshape(h, w, 3) if rgb else cv2.cvtColor(data.reshape(h, w, 3), cv2.COLOR_RGB2BGR)
+        flags = cv2.IMREAD_REDUCED_COLOR_2 if half else cv2.IMREAD_COLOR
+        if rgb and _IMREAD_RGB is not None and not half:
+            flags = _IMREAD_RGB  # libjpeg-turbo writes RGB directly: no channel swap pass
+        bgr = cv2.imdecode(data, flags) if data.size else None
         want = (-(-h // 2), -(-w // 2)) if half else (h, w)
         if bgr is None or bgr.shape[:2] != want:
             got = None if bgr is None else bgr.shape[:2]
             raise CacheError(f"{self._where(fb, k)}: corrupt JPEG (decoded {got}, expected {want})")
+        if rgb and flags != _IMREAD_RGB:
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         return bgr
 
     def _make_batch(self, idx: np.ndarray, blocks: np.ndarray, cache: BlockCache, slot: _Slot,
@@ -343,12 +378,12 @@ class CacheLoader:
             img = arena.get("image_u8", (n, hmax, wmax, 3), torch.uint8)
             img_np = img.numpy()
             for k, (si, fb, local) in enumerate(frames):
-                cv2.cvtColor(self._decode_bgr(fb, local, si.height, si.width), cv2.COLOR_BGR2RGB,
-                             dst=img_np[k, :si.height, :si.width])
+                img_np[k, :si.height, :si.width] = self._decode_bgr(fb, local, si.height, si.width, rgb=True)
             out["image_u8"] = img
         lab = arena.get("labels_u8", (n, hmax, wmax), torch.uint8)
         lab_np = lab.numpy()
-        lab_np.fill(IGNORE)
+        if any((h, w) != (hmax, wmax) for h, w in sizes):  # padding of smaller frames is ignored by the loss
+            lab_np.fill(IGNORE)
         counts = [int(fb.cell_offsets[k + 1] - fb.cell_offsets[k]) if self.channels else 0 for _, fb, k in frames]
         total = sum(counts)
         cells = arena.get("cells", (total,), torch.int32)
