@@ -21,3 +21,21 @@ def test_demo_smoke_end_to_end(tmp_path):
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert r2.stdout.count("(reused)") >= 4
     assert "scenes already complete" in r2.stdout + r2.stderr
+
+
+def test_outputs_of_another_configuration_are_remade(tmp_path, capsys):
+    """A demo folder made with other settings (an older release, another --iters) is not reused as if valid."""
+    from pipeline.demo import Demo, DemoConfig
+
+    out = tmp_path / "demo"
+    Demo(DemoConfig(out=out, smoke=True)).check_stamp()  # records the configuration
+    for d in ("world", "cache-train", "student-paired"):
+        (out / d).mkdir()
+    (out / "teacher.pth").write_bytes(b"x")
+    Demo(DemoConfig(out=out, smoke=True)).check_stamp()  # same configuration: everything stays
+    assert (out / "world").is_dir() and (out / "teacher.pth").exists()
+    cfg = DemoConfig(out=out, smoke=True)
+    cfg.iters = 7
+    Demo(cfg).check_stamp()
+    assert "iters differ" in capsys.readouterr().out
+    assert not any((out / p).exists() for p in ("world", "cache-train", "student-paired", "teacher.pth"))
