@@ -16,7 +16,8 @@ from bench.common import emit
 NPY_HEADER = 128  # bytes of a .npy header
 
 
-def run(scenes: int = 2, frames: int = 20, size: str = "640x480", backend: str = "torch") -> dict:
+def run(scenes: int = 2, frames: int = 20, size: str = "640x480", backend: str = "torch",
+        feature_dtype: str = "float16") -> dict:
     from cache_schema import open_cache
     from pipeline.inspect_cache import summarize
 
@@ -26,7 +27,8 @@ def run(scenes: int = 2, frames: int = 20, size: str = "640x480", backend: str =
         subprocess.run([*dc, "synth", "scannet", str(world), "--scenes", str(scenes), "--frames", str(frames),
                         "--size", size, "--seed", "0", "--quiet"], check=True, capture_output=True)
         p = subprocess.run([*dc, "extract", "--dataset", "scannet", "--root", str(world), "--out", str(cache),
-                            "--teacher-init", "random", "--backend", backend, "--json", "--quiet"],
+                            "--teacher-init", "random", "--backend", backend, "--feature-dtype", feature_dtype,
+                            "--json", "--quiet"],
                            check=True, capture_output=True, text=True)
         report = json.loads(p.stdout)
         reader = open_cache(cache)
@@ -44,6 +46,7 @@ def run(scenes: int = 2, frames: int = 20, size: str = "640x480", backend: str =
     total = sum(per_scene.values())
     return {
         "name": "extraction", "scenes": scenes, "frames_per_scene": frames, "image_size": size, "backend": backend,
+        "feature_dtype": feature_dtype,
         "seconds_per_scene": per_scene, "seconds_per_scene_total": total,
         "teacher_fraction": per_scene["teacher"] / total if total else None,
         "dominant_part": max(per_scene, key=per_scene.get),
@@ -62,5 +65,7 @@ if __name__ == "__main__":
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--backend", default="torch")
+    ap.add_argument("--feature-dtype", choices=("float16", "uint8"), default="float16",
+                    help="cache feature encoding (uint8: lossy per-channel 8-bit code)")
     a = ap.parse_args()
-    emit(run(a.scenes, a.frames, a.size, a.backend))
+    emit(run(a.scenes, a.frames, a.size, a.backend, a.feature_dtype))

@@ -43,13 +43,15 @@ def frame_arrays() -> list[ArraySpec]:
     ]
 
 
-def stream_arrays(height: int, width: int, channels: int) -> list[ArraySpec]:
-    """Arrays streamed while frames are written: images (ragged bytes), label maps, and covered cells."""
+def stream_arrays(height: int, width: int, channels: int, feature_dtype: str = "float16") -> list[ArraySpec]:
+    """Arrays streamed while frames are written: images (ragged bytes), label maps, and covered cells.
+
+    `feature_dtype` is the manifest's `encoding.features`: float16, or uint8 (codes of the scene's affine map)."""
     return [
         ArraySpec("image_data", "uint8", (), IMAGE_CHUNK_BYTES, "lz4-raw"),  # JPEG is already compressed
         ArraySpec("labels", "uint8", (height, width), LABEL_CHUNK_FRAMES, "lz4"),
         ArraySpec("cells", "int32", (), CELL_CHUNK, "lz4"),
-        ArraySpec("features", "float16", (channels,), CELL_CHUNK, "zstd"),
+        ArraySpec("features", feature_dtype, (channels,), CELL_CHUNK, "zstd"),
         ArraySpec("point_index", "int32", (), CELL_CHUNK, "lz4"),
         ArraySpec("point_labels", "uint8", (), CELL_CHUNK, "lz4"),
         ArraySpec("depth", "float16", (), CELL_CHUNK, "lz4"),

@@ -6,7 +6,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .errors import ManifestError, SchemaVersionError
+from .errors import CacheError, ManifestError, SchemaVersionError
+from .feature_codec import DEFAULT_FEATURE_DTYPE, check_feature_dtype
 from .fingerprint import canonical_hash
 from .moments import Moments
 
@@ -64,8 +65,22 @@ class ProjectionParams:
 
 @dataclass
 class ImageEncoding:
+    """The manifest's `encoding`: how images and (since `features` was added) teacher features are stored."""
+
     format: str = "jpeg"  # jpeg | raw (H*W*3 uint8, C order)
     quality: int = 90
+    # float16 | uint8 (per-scene, per-channel affine code; cache_schema.feature_codec). Written to the manifest and
+    # hashed only when not the default, so caches written before this field keep their fingerprint and read as float16.
+    features: str = DEFAULT_FEATURE_DTYPE
+
+    def __post_init__(self) -> None:
+        check_feature_dtype(self.features)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["features"] == DEFAULT_FEATURE_DTYPE:
+            del d["features"]
+        return d
 
 
 @dataclass
@@ -100,7 +115,7 @@ class Manifest:
         if self.teacher is not None:
             teacher = {k: v for k, v in asdict(self.teacher).items() if k != "backend"}
         return canonical_hash({"schema_version": self.schema_version, "teacher": teacher,
-                               "projection": asdict(self.projection), "encoding": asdict(self.encoding),
+                               "projection": asdict(self.projection), "encoding": self.encoding.to_json(),
                                "label_space": self.dataset.label_space, "dataset": self.dataset.name})
 
     def fingerprint(self) -> str:
@@ -114,6 +129,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d["encoding"] = self.encoding.to_json()
         d["fingerprint"] = self.fingerprint()
         d["params_fingerprint"] = self.params_fingerprint()
         return d
@@ -139,6 +155,10 @@ class Manifest:
             )
         except (KeyError, TypeError) as e:
             raise ManifestError(f"malformed manifest: {e!r}") from e
+        except ManifestError:
+            raise
+        except CacheError as e:  # e.g. an unknown encoding.features
+            raise ManifestError(f"malformed manifest: {e}") from e
         stored = d.get("fingerprint")
         if stored is not None and stored != m.fingerprint():
             raise ManifestError(f"manifest fingerprint {stored} does not match its content ({m.fingerprint()}):"

@@ -10,6 +10,7 @@ import numpy as np
 import zarr
 
 from .errors import CacheError, FingerprintMismatchError, IncompleteSceneError, ManifestError
+from .feature_codec import DEFAULT_FEATURE_DTYPE, FeatureQuantizer
 from .layout import SCENES_GROUP, grid_shape
 from .manifest import Manifest, validate_scene_name
 from .moments import Moments
@@ -49,12 +50,20 @@ def scene_group_status(root: zarr.Group, name: str) -> str:
 
 
 class SceneReader:
-    """One complete scene. Per-frame metadata and offsets are loaded once; data is read by contiguous slices."""
+    """One complete scene. Per-frame metadata and offsets are loaded once; data is read by contiguous slices.
 
-    def __init__(self, group: zarr.Group, name: str, channels: int, stride: int):
+    Features come out as float16 whatever the cache stores (`feature_dtype`, the manifest's `encoding.features`):
+    uint8 codes are dequantized with the scene's `feature_scale` / `feature_offset` (`decode_features`).
+    """
+
+    def __init__(self, group: zarr.Group, name: str, channels: int, stride: int,
+                 feature_dtype: str = DEFAULT_FEATURE_DTYPE):
         self.group, self.name, self.channels, self.stride = group, name, channels, stride
+        self.feature_dtype = feature_dtype
         attrs = dict(group.attrs)
         self.attrs = attrs
+        self.quantizer = FeatureQuantizer.from_attrs(attrs, channels, f"scene {name}") \
+            if feature_dtype == "uint8" else None
         self.num_frames = int(attrs["frames"])
         self.image_height, self.image_width = (int(v) for v in attrs["image_size"])
         self.grid_shape = grid_shape(self.image_height, self.image_width, stride)
@@ -65,6 +74,10 @@ class SceneReader:
         self.image_offsets = group["image_offsets"][:]
         self.cell_offsets = group["cell_offsets"][:]
         self._check_offsets()
+        stored = np.dtype(self.arrays["features"].dtype)
+        if stored != np.dtype(self.feature_dtype):
+            raise CacheError(f"scene {self.name}: features are stored as {stored}, the manifest says "
+                             f"{self.feature_dtype}")
 
     def _check_offsets(self) -> None:
         f = self.num_frames
@@ -91,6 +104,10 @@ class SceneReader:
     def moments(self) -> Moments:
         return Moments.from_json(self.attrs["moments"])
 
+    def decode_features(self, stored: np.ndarray) -> np.ndarray:
+        """Rows of the stored `features` array as float16 (uint8 codes dequantized in float32, then cast)."""
+        return stored if self.quantizer is None else self.quantizer.dequantize(stored)
+
     def read_block(self, start: int, stop: int) -> FrameBlock:
         """Frames [start, stop) with one store call per array (7 calls for any block size)."""
         if not 0 <= start < stop <= self.num_frames:
@@ -104,7 +121,7 @@ class SceneReader:
             pose=self.pose[start:stop], image_offsets=self.image_offsets[start:stop + 1] - i0,
             image_data=a["image_data"][i0:i1], labels=a["labels"][start:stop],
             cell_offsets=self.cell_offsets[start:stop + 1] - c0, cells=a["cells"][c0:c1],
-            features=a["features"][c0:c1], point_index=a["point_index"][c0:c1],
+            features=self.decode_features(a["features"][c0:c1]), point_index=a["point_index"][c0:c1],
             point_labels=a["point_labels"][c0:c1], depth=a["depth"][c0:c1])
 
     def read_frame(self, index: int) -> CachedFrame:
@@ -146,7 +163,7 @@ class CacheReader:
             raise IncompleteSceneError(f"{self.url}: scene {name} is {status} (no completion marker); "
                                        "rerun the extraction to finish it")
         return SceneReader(self.root[f"{SCENES_GROUP}/{name}"], name, self.manifest.channels,
-                           self.manifest.projection.stride)
+                           self.manifest.projection.stride, self.manifest.encoding.features)
 
     def scene_moments(self, name: str) -> Moments:
         attrs = _scene_attrs(self.root, name)

@@ -194,8 +194,8 @@ def _transfer(owner: dict[str, CacheReader], manifest: Manifest, dst: str | Path
 
 def _existing_ok(writer: CacheWriter, name: str, src_attrs: dict, verify: bool) -> bool:
     dst_attrs = dict(writer.root[f"{SCENES_GROUP}/{name}"].attrs)
-    if dst_attrs.get("checksums") != src_attrs.get("checksums"):
-        return False
+    if any(dst_attrs.get(k) != src_attrs.get(k) for k in ("checksums", "feature_scale", "feature_offset")):
+        return False  # (uint8 features: the same codes mean other values under another scale/offset)
     if not verify:
         return True
     probs, _ = check_scene_group(writer.root[f"{SCENES_GROUP}/{name}"], name, writer.manifest)

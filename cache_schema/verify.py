@@ -17,11 +17,14 @@ import numpy as np
 import zarr
 
 from .errors import CacheError, ManifestError, SchemaVersionError
+from .feature_codec import FeatureQuantizer
 from .layout import SCENES_GROUP, ArraySpec, frame_arrays, grid_shape, stream_arrays
 from .manifest import Manifest, validate_scene_name
 from .moments import Moments, merge_all
 
-# Recomputed moments differ from the recorded ones only by float64 summation order.
+# Recomputed moments differ from the recorded ones only by float64 summation order (float16 features); for uint8
+# features the recorded moments are those of the unquantized features, so the moments recomputed from the
+# dequantized ones may differ by the quantization error besides (see _compare_moments).
 STATS_RTOL = 1e-6
 STATS_ATOL = 1e-8
 CHUNKS_PER_READ = 8  # one zarr call per window of chunks: zarr fetches a window's chunks concurrently
@@ -167,8 +170,18 @@ def check_scene_group(group: zarr.Group, name: str, manifest: Manifest, *, quick
         problem("attrs", f"channels {channels} != manifest teacher channels {manifest.channels}")
     if list(attrs["grid_shape"]) != list(grid):
         problem("attrs", f"grid_shape {attrs['grid_shape']} != ceil(image_size / stride {stride}) = {list(grid)}")
+    feature_dtype = manifest.encoding.features
+    quantizer: FeatureQuantizer | None = None
+    features_decodable = True
+    if feature_dtype == "uint8":
+        try:
+            quantizer = FeatureQuantizer.from_attrs(attrs, manifest.channels, "scene attributes")
+        except CacheError as e:
+            problem("attrs", str(e))
+            features_decodable = False
 
-    specs = {s.name: s for s in frame_arrays() + stream_arrays(height, width, manifest.channels)}
+    streams = stream_arrays(height, width, manifest.channels, feature_dtype)
+    specs = {s.name: s for s in frame_arrays() + streams}
     arrays: dict[str, zarr.Array] = {}
     for spec in specs.values():
         try:
@@ -226,7 +239,7 @@ def check_scene_group(group: zarr.Group, name: str, manifest: Manifest, *, quick
                    "point_labels": small["cell_offsets"], "depth": small["cell_offsets"]}
     moments = Moments.empty(manifest.channels)
     cell_parts: list[np.ndarray] = []
-    for spec in stream_arrays(height, width, manifest.channels):
+    for spec in streams:
         sha, readable = hashlib.sha256(), True
         offs = row_offsets[spec.name] if offsets_ok else None
         for r0, data, err in _read_windows(arrays[spec.name], spec):
@@ -239,7 +252,9 @@ def check_scene_group(group: zarr.Group, name: str, manifest: Manifest, *, quick
             sha.update(np.ascontiguousarray(data, dtype=spec.dtype).tobytes())
             if spec.name == "cells":
                 cell_parts.append(data)
-            elif spec.name == "features" and data.shape[0]:
+            elif spec.name == "features" and data.shape[0] and features_decodable:
+                if quantizer is not None:  # moments and NaN/Inf of what readers hand out
+                    data = quantizer.dequantize(data)
                 bad = ~np.isfinite(data).all(axis=1)
                 if bad.any():
                     rows = r0 + np.flatnonzero(bad)
@@ -252,8 +267,8 @@ def check_scene_group(group: zarr.Group, name: str, manifest: Manifest, *, quick
         if readable and spec.name == "cells" and offsets_ok:
             all_cells = np.concatenate(cell_parts) if cell_parts else np.zeros(0, np.int32)
             _check_cells(all_cells, small["cell_offsets"], grid, problem)
-        if spec.name == "features" and readable:
-            _compare_moments(moments, recorded, problem)
+        if spec.name == "features" and readable and features_decodable:
+            _compare_moments(moments, recorded, problem, quantizer)
     return probs, frames
 
 
@@ -300,12 +315,24 @@ def _check_cells(cells: np.ndarray, offsets: np.ndarray, grid: tuple[int, int], 
         problem("cells", "cell indices not strictly increasing", int(f))
 
 
-def _compare_moments(got: Moments, recorded: Moments, problem: Callable[..., None]) -> None:
+def _compare_moments(got: Moments, recorded: Moments, problem: Callable[..., None],
+                     quantizer: FeatureQuantizer | None = None) -> None:
+    """Recorded vs recomputed moments. For uint8 features `got` is of the dequantized values and `recorded` of the
+    unquantized ones: with e the per-value error bound (FeatureQuantizer.error_bound, ~scale/2), |Δmean| <= e, and
+    since the standard deviation is a norm of the centred values, |Δstd| <= rms(error) <= e, so
+    |Δvar| <= e·(2·std + e). Those bounds are added to the summation-order tolerance."""
     if got.count != recorded.count:
         problem("scene_stats", f"moments count {recorded.count} recorded, {got.count} finite feature rows stored")
         return
+    if got.mean.shape != recorded.mean.shape or got.m2.shape != recorded.m2.shape:
+        problem("scene_stats", f"recorded moments have shape {recorded.mean.shape}, the features {got.mean.shape}")
+        return
+    extra = {"mean": 0.0, "var": 0.0}
+    if quantizer is not None and quantizer.channels == got.mean.shape[0]:
+        e = quantizer.error_bound()
+        extra = {"mean": e, "var": e * (2 * np.sqrt(np.maximum(recorded.var, 0.0)) + e)}
     for key, a, b in (("mean", got.mean, recorded.mean), ("var", got.var, recorded.var)):
-        if a.shape != b.shape or not np.allclose(a, b, rtol=STATS_RTOL, atol=STATS_ATOL):
+        if not (np.abs(a - b) <= STATS_ATOL + STATS_RTOL * np.abs(b) + extra[key]).all():
             problem("scene_stats", f"recorded moments {key} differ from the stored features (max |diff| "
                                    f"{_maxdiff(a, b)})")
 

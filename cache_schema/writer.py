@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from .errors import CacheError, FingerprintMismatchError
+from .feature_codec import DEFAULT_FEATURE_DTYPE, FeatureQuantizer, check_feature_dtype
 from .layout import SCENES_GROUP, ArraySpec, frame_arrays, grid_shape, stream_arrays
 from .manifest import GlobalStats, Manifest, validate_scene_name
 from .moments import Moments, merge_all
@@ -43,6 +44,7 @@ def manifest_differences(a: Manifest, b: Manifest) -> list[str]:
     for d in (da, db):
         for k in ("stats", "producer", "fingerprint", "params_fingerprint"):
             d.pop(k, None)
+        d["encoding"].setdefault("features", DEFAULT_FEATURE_DTYPE)  # omitted from the JSON when the default
     return _diff_keys(da, db)
 
 
@@ -97,15 +99,30 @@ class SceneSummary:
 
 
 class SceneWriter:
-    """Writes one scene group. Use as a context manager; `commit()` writes the completion marker last."""
+    """Writes one scene group. Use as a context manager; `commit()` writes the completion marker last.
+
+    With `feature_dtype="uint8"` the features are stored as the affine uint8 code `quantizer` (one per scene, from
+    the scene's feature range); the moments are still those of the unquantized (float16) features.
+    """
 
     def __init__(self, group: zarr.Group, name: str, *, height: int, width: int, channels: int, stride: int,
-                 attrs: dict | None = None):
+                 attrs: dict | None = None, feature_dtype: str = DEFAULT_FEATURE_DTYPE,
+                 quantizer: FeatureQuantizer | None = None):
         self.group, self.name = group, name
         self.height, self.width, self.channels, self.stride = height, width, channels, stride
         self.grid = grid_shape(height, width, stride)
         self.extra_attrs = dict(attrs or {})
-        self.streams = {s.name: _Stream(group, s) for s in stream_arrays(height, width, channels)}
+        self.feature_dtype = check_feature_dtype(feature_dtype)
+        if feature_dtype == "uint8":
+            if quantizer is None and channels:
+                raise CacheError(f"scene {name}: the cache stores uint8 features: the scene writer needs the "
+                                 "scene's per-channel feature range (begin_scene(..., feature_range=(min, max)))")
+            if quantizer is None:  # no channels (a 2D-only cache): nothing to quantize
+                quantizer = FeatureQuantizer.from_range(np.zeros(0), np.zeros(0))
+            if quantizer.channels != channels:
+                raise CacheError(f"scene {name}: feature range has {quantizer.channels} channels, the cache {channels}")
+        self.quantizer = quantizer if feature_dtype == "uint8" else None
+        self.streams = {s.name: _Stream(group, s) for s in stream_arrays(height, width, channels, feature_dtype)}
         self.frame_ids: list[int] = []
         self.poses: list[np.ndarray] = []
         self.intrinsics: list[np.ndarray] = []
@@ -139,11 +156,11 @@ class SceneWriter:
         self.streams["image_data"].add(img)
         self.streams["labels"].add(f.labels[None])
         self.streams["cells"].add(f.cells)
-        self.streams["features"].add(feats)
+        self.streams["features"].add(feats if self.quantizer is None else self.quantizer.quantize(feats, where))
         self.streams["point_index"].add(f.point_index)
         self.streams["point_labels"].add(f.point_labels)
         self.streams["depth"].add(f.depth)
-        self.moments = self.moments.merge(Moments.of(feats))
+        self.moments = self.moments.merge(Moments.of(feats))  # of the unquantized features, whatever is stored
         self.frame_ids.append(int(f.frame_id))
         self.poses.append(np.asarray(f.pose, np.float64))
         self.intrinsics.append(np.asarray(f.intrinsics, np.float64))
@@ -180,6 +197,7 @@ class SceneWriter:
             "scene": self.name, "frames": f, "cells": summary.cells, "image_size": [self.height, self.width],
             "grid_shape": list(self.grid), "channels": self.channels, "moments": self.moments.to_json(),
             "checksums": checksums, "checksum_algorithm": "sha256 of each array's uncompressed C-order bytes",
+            **(self.quantizer.to_attrs() if self.quantizer is not None else {}),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "complete": True,
         })
         self.group.attrs.put(attrs)  # the completion marker: written last, in one metadata write
@@ -219,9 +237,24 @@ class CacheWriter:
 
         return scene_group_status(self.root, name)
 
-    def begin_scene(self, name: str, *, height: int, width: int, attrs: dict | None = None) -> SceneWriter:
-        """Start (or restart) a scene: an existing incomplete group is deleted first; a complete one is refused."""
+    def begin_scene(self, name: str, *, height: int, width: int, attrs: dict | None = None,
+                    feature_range: tuple[np.ndarray, np.ndarray] | None = None) -> SceneWriter:
+        """Start (or restart) a scene: an existing incomplete group is deleted first; a complete one is refused.
+
+        `feature_range`: per-channel (min, max) over every feature the scene will write (the teacher's whole
+        per-point feature matrix); required when the manifest's `encoding.features` is uint8, unused otherwise.
+        """
         validate_scene_name(name)
+        feature_dtype = self.manifest.encoding.features
+        quantizer = None
+        if feature_dtype == "uint8" and self.manifest.channels:
+            if feature_range is None:
+                raise CacheError(f"scene {name}: the cache stores uint8 features: begin_scene needs the scene's "
+                                 "per-channel feature_range=(min, max)")
+            quantizer = FeatureQuantizer.from_range(*feature_range, where=f"scene {name}")
+            if quantizer.channels != self.manifest.channels:
+                raise CacheError(f"scene {name}: feature_range has {quantizer.channels} channels, the cache "
+                                 f"{self.manifest.channels}")
         if name not in self.manifest.dataset.scenes:
             raise CacheError(f"scene {name} is not in this cache's scene list")
         status = self.scene_status(name)
@@ -234,7 +267,8 @@ class CacheWriter:
         group.attrs.put({"scene": name, "complete": False, "writer": {"host": socket.gethostname(),
                                                                         "pid": os.getpid(), "started": time.time()}})
         return SceneWriter(group, name, height=height, width=width, channels=self.manifest.channels,
-                           stride=self.manifest.projection.stride, attrs=attrs)
+                           stride=self.manifest.projection.stride, attrs=attrs, feature_dtype=feature_dtype,
+                           quantizer=quantizer)
 
     def finalize_stats(self) -> GlobalStats | None:
         """Merge the per-scene moments of every complete scene into the root's global statistics."""

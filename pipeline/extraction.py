@@ -160,7 +160,10 @@ def build_manifest(dataset: DatasetSpec, teacher_info: dict | None, job: JobConf
                                   frame_skip=job.frame_skip)
     return Manifest(dataset=DatasetInfo(name=dataset.name, label_space=space.to_json(), scenes=names, split=split,
                                         input_fingerprint=per_scene.hexdigest()),
-                    projection=projection, encoding=ImageEncoding(job.image_format, job.jpeg_quality),
+                    projection=projection,
+                    # a 2D-only cache has no features to encode: float16 (the default) keeps it the same either way
+                    encoding=ImageEncoding(job.image_format, job.jpeg_quality,
+                                           features=job.feature_dtype if teacher is not None else "float16"),
                     teacher=teacher, producer={"name": "distill-cache", "version": version})
 
 

@@ -93,6 +93,12 @@ def format_summary(s: dict) -> str:
     lines.append(f"projection   stride {p['stride']}, dilation {p['dilation']}, sampling {p['sampling']}, depth check "
                  f"{'on' if p['depth_check'] else 'off'} (abs {p['depth_abs_tol']} m, rel {p['depth_rel_tol']}), "
                  f"image size {p['image_size'] or 'source'}, frame skip {p['frame_skip']}")
+    e = s["encoding"]
+    images = f"jpeg (quality {e['quality']})" if e["format"] == "jpeg" else e["format"]
+    feats = e.get("features", "float16")
+    if feats == "uint8":
+        feats = "uint8 (lossy: per-scene per-channel affine code, error <= scale/2; read as float16)"
+    lines.append(f"encoding     images {images}, features {feats}")
     if s["stats"]:
         mean, var = np.asarray(s["stats"]["mean"]), np.asarray(s["stats"]["var"])
         lines.append(f"statistics   {s['stats']['count']} cells; mean in [{mean.min():.3f}, {mean.max():.3f}], "

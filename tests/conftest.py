@@ -46,12 +46,13 @@ def random_frame(rng: np.random.Generator, frame_id: int, h: int, w: int, c: int
         depth=rng.uniform(0.5, 5, n).astype(np.float16))
 
 
-def make_manifest(scenes: list[str], channels: int = 8, stride: int = 8, fmt: str = "jpeg") -> Manifest:
+def make_manifest(scenes: list[str], channels: int = 8, stride: int = 8, fmt: str = "jpeg",
+                  features: str = "float16") -> Manifest:
     return Manifest(
         dataset=DatasetInfo(name="scannet", label_space=SCANNET20.to_json(), scenes=sorted(scenes),
                             split="explicit", input_fingerprint="test-inputs"),
         projection=ProjectionParams(stride=stride),
-        encoding=ImageEncoding(format=fmt),
+        encoding=ImageEncoding(format=fmt, features=features),
         teacher=TeacherInfo(architecture="Res16UNet34C", backend="torch", checkpoint_sha256="random:0",
                             voxel_size=0.02, feature_layer="block8", channels=channels) if channels else None,
         producer={"name": "distill-cache", "version": "test"})
@@ -62,15 +63,20 @@ def make_cache(tmp_path: Path) -> Callable[..., Path]:
     """Factory: a cache of random frames written through CacheWriter, finalized with global statistics."""
 
     def build(name: str = "cache", scenes: int = 2, frames: int = 5, h: int = 48, w: int = 64, channels: int = 8,
-              seed: int = 0, leave_incomplete: tuple[str, ...] = (), fmt: str = "jpeg") -> Path:
+              seed: int = 0, leave_incomplete: tuple[str, ...] = (), fmt: str = "jpeg",
+              features: str = "float16") -> Path:
+        """`features="uint8"` stores each scene's features as the 8-bit code of their range over the scene."""
         rng = np.random.default_rng(seed)
         names = [f"scene{i:04d}_00" for i in range(scenes)]
         out = tmp_path / name
-        writer = CacheWriter.create(out, make_manifest(names, channels, fmt=fmt))
+        writer = CacheWriter.create(out, make_manifest(names, channels, fmt=fmt, features=features))
         for s in names:
-            sw = writer.begin_scene(s, height=h, width=w)
-            for i in range(frames):
-                sw.add(random_frame(rng, i * 10, h, w, channels, 8, fmt=fmt))
+            made = [random_frame(rng, i * 10, h, w, channels, 8, fmt=fmt) for i in range(frames)]
+            feats = np.concatenate([f.features for f in made])
+            span = (feats.min(0), feats.max(0)) if feats.shape[0] else (np.zeros(channels), np.zeros(channels))
+            sw = writer.begin_scene(s, height=h, width=w, feature_range=span if features == "uint8" else None)
+            for f in made:
+                sw.add(f)
             if s not in leave_incomplete:
                 sw.commit()
         writer.finalize_stats()

@@ -52,6 +52,10 @@ from pipeline.options import parse_scene_list, parse_size
 @click.option("--image-size", help="Store images resized to WxH (intrinsics scaled), e.g. 640x480.")
 @click.option("--image-format", type=click.Choice(["jpeg", "raw"]), default="jpeg", show_default=True)
 @click.option("--jpeg-quality", type=int, default=90, show_default=True)
+@click.option("--feature-dtype", type=click.Choice(["float16", "uint8"]), default="float16", show_default=True,
+              help="How teacher features are stored. uint8 is lossy and ~2x smaller: per scene and channel an affine "
+              "code over the channel's range (scale = (max - min) / 255), max error scale/2 per channel; readers "
+              "still get float16. Part of the fingerprint. Ignored for 2D-only caches.")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Scenes in parallel on a local dask cluster (1 = in-process).")
 @click.option("--scheduler", help="Address of a running dask scheduler (tcp://host:8786) to use instead.")
@@ -60,7 +64,7 @@ from pipeline.options import parse_scene_list, parse_size
 def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split, teacher_checkpoint, teacher_init,
             seed, backend, device, layer, architecture, voxel_size, frame_skip, stride, dilation, depth_check,
             depth_abs_tol, depth_rel_tol,
-            sampling, image_size, image_format, jpeg_quality, workers, scheduler, as_json, quiet):
+            sampling, image_size, image_format, jpeg_quality, feature_dtype, workers, scheduler, as_json, quiet):
     """Run the 3D teacher once per scene, project its per-point features into every frame (z-buffer, every K-th
     pixel) and write one complete scene group per scene into the cache. Rerunning resumes: complete scenes are
     kept, incomplete ones are redone."""
@@ -94,7 +98,7 @@ def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split
                                                 depth_abs_tol=depth_abs_tol, depth_rel_tol=depth_rel_tol,
                                                 sampling=sampling),
                     frame_skip=frame_skip, image_size=parse_size(image_size), image_format=image_format,
-                    jpeg_quality=jpeg_quality)
+                    jpeg_quality=jpeg_quality, feature_dtype=feature_dtype)
     log = (lambda m: print(m, file=sys.stderr)) if as_json else click.echo
     try:
         report = run_extraction(spec, teacher, out, job, workers=workers, scheduler=scheduler,

@@ -35,6 +35,7 @@ class JobConfig:
     image_size: tuple[int, int] | None = None  # (W, H) of stored images; None = source size
     image_format: str = "jpeg"
     jpeg_quality: int = 90
+    feature_dtype: str = "float16"  # manifest encoding.features: float16 | uint8 (lossy, per-scene affine code)
 
 
 @dataclass
@@ -102,7 +103,7 @@ def extract_scene(dataset: DatasetReader, name: str, teacher: FeatureTeacher | N
     space_unlabelled = 0 if dataset.label_space.startswith("nyu40") else 255
     t = time.perf_counter()
     channels = teacher.channels if teacher is not None else 0
-    features = point_labels = columns = finite_index = None
+    features = point_labels = columns = finite_index = feature_range = None
     if teacher is not None:
         scene = dataset.load_scene(name)
         t = timer.add("read", t)
@@ -116,6 +117,9 @@ def extract_scene(dataset: DatasetReader, name: str, teacher: FeatureTeacher | N
         features[finite] = teacher.point_features(points[finite], scene.colors[finite]).astype(np.float16)
         if not np.isfinite(features[finite]).all():
             raise ExtractionError(f"scene {name}: the teacher produced NaN/Inf features (float16 overflow?)")
+        if writer.manifest.encoding.features == "uint8":  # the range of every feature a frame can take
+            valid = features[finite]
+            feature_range = (valid.min(axis=0), valid.max(axis=0))
         # only finite points are projected; their indices map back to the scene's point array (order kept,
         # so z-buffer ties still go to the lower original index)
         finite_index = np.flatnonzero(finite)
@@ -144,7 +148,7 @@ def extract_scene(dataset: DatasetReader, name: str, teacher: FeatureTeacher | N
         data = encode_image(image, cfg.image_format, cfg.jpeg_quality)
         t = timer.add("encode", t)
         if scene_writer is None:
-            scene_writer = writer.begin_scene(name, height=h, width=w)
+            scene_writer = writer.begin_scene(name, height=h, width=w, feature_range=feature_range)
         scene_writer.add(CachedFrame(frame_id=int(frame.frame_id), image=data, image_size=(h, w), labels=labels,
                                      intrinsics=k, pose=np.asarray(frame.pose, np.float64), cells=cells,
                                      features=feats, point_index=pidx.astype(np.int32), point_labels=plabels,

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -102,3 +103,28 @@ def test_dask_workers_give_the_same_cache(world, reference_cache, tmp_path):
     ref, got = open_cache(reference_cache).manifest.stats, open_cache(out).manifest.stats
     assert got.count == ref.count
     assert max(abs(a - b) for a, b in zip(got.mean, ref.mean, strict=True)) < 1e-12
+
+
+def test_uint8_feature_dtype_end_to_end(world, reference_cache, tmp_path):
+    """`--feature-dtype uint8`: another fingerprint, `inspect` names the encoding, the cache verifies, features
+    read back within half a quantization step of the float16 cache's, and the moments are the float16 cache's."""
+    out, scene = tmp_path / "c8", "scene0002_00"
+    r = _extract(world, out, "--feature-dtype", "uint8", "--scenes", scene)
+    assert r.returncode == 0, r.stderr
+    runner = CliRunner()
+    s = json.loads(runner.invoke(main, ["inspect", str(out), "--json"]).output)
+    assert s["encoding"]["features"] == "uint8"
+    assert "features uint8 (lossy" in runner.invoke(main, ["inspect", str(out)]).output
+    assert "features float16" in runner.invoke(main, ["inspect", str(reference_cache)]).output
+    v = runner.invoke(main, ["verify", str(out)])
+    assert v.exit_code == 0, v.output
+    ref, got = open_cache(reference_cache), open_cache(out)
+    assert got.manifest.params_fingerprint() != ref.manifest.params_fingerprint()
+    a, b = ref.scene(scene), got.scene(scene)
+    assert b.attrs["moments"] == a.attrs["moments"]  # of the unquantized features
+    fa, fb = a.read_block(0, a.num_frames), b.read_block(0, b.num_frames)
+    np.testing.assert_array_equal(fa.cells, fb.cells)
+    assert fb.features.dtype == np.float16
+    assert (np.abs(fa.features.astype(np.float64) - fb.features) <= b.quantizer.error_bound()).all()
+    assert np.dtype(b.arrays["features"].dtype) == np.uint8
+    assert b.arrays["features"].nbytes_stored() < a.arrays["features"].nbytes_stored()

@@ -7,7 +7,16 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from cache_schema import SCANNET20, CacheWriter, DatasetInfo, Manifest, ProjectionParams, TeacherInfo, open_cache
+from cache_schema import (
+    SCANNET20,
+    CacheWriter,
+    DatasetInfo,
+    ImageEncoding,
+    Manifest,
+    ProjectionParams,
+    TeacherInfo,
+    open_cache,
+)
 from cache_schema.image_codec import decode_image
 from stages.extract.formats.records import FrameRecord, SceneRecord, SkipCounter
 from stages.extract.job import ExtractionError, JobConfig, extract_scene, scale_intrinsics
@@ -63,10 +72,11 @@ class MemoryDataset:
                               labels=np.full((H, W), 5, np.uint8), depth=None)
 
 
-def _writer(tmp_path, channels=6, scenes=("scene0000_00",)):
+def _writer(tmp_path, channels=6, scenes=("scene0000_00",), features="float16", name="c"):
     m = Manifest(dataset=DatasetInfo("scannet", SCANNET20.to_json(), list(scenes)), projection=ProjectionParams(),
-                 teacher=TeacherInfo("test", "torch", "random:0", 0.02, "block8", channels))
-    return CacheWriter.create(tmp_path / "c", m)
+                 teacher=TeacherInfo("test", "torch", "random:0", 0.02, "block8", channels),
+                 encoding=ImageEncoding(features=features))
+    return CacheWriter.create(tmp_path / name, m)
 
 
 def test_job_writes_what_projection_gives(tmp_path):
@@ -120,3 +130,25 @@ def test_resize_scales_intrinsics(tmp_path):
     assert f.image_size == (24, 32) and f.labels.shape == (24, 32)
     np.testing.assert_allclose(f.intrinsics, scale_intrinsics(K, (64, 48), (32, 24)))
     assert f.intrinsics[0, 0] == 25.0 and f.intrinsics[0, 2] == pytest.approx(15.5)
+
+
+def test_uint8_job_quantizes_over_the_scenes_finite_point_features(tmp_path):
+    """uint8 features: the code spans the teacher's features of the scene's finite points (NaN points, stored as
+    zero rows of the feature matrix, do not widen it); reads are within half a step of the float16 job's features,
+    and the recorded moments are exactly the float16 job's (unquantized features)."""
+    ds = MemoryDataset(n_frames=4, nan_points=10)
+    cfg = JobConfig(projection=ProjectionConfig(depth_check=False))
+    extract_scene(ds, "scene0000_00", PositionTeacher(), _writer(tmp_path, name="c16"), cfg)
+    extract_scene(ds, "scene0000_00", PositionTeacher(), _writer(tmp_path, features="uint8", name="c8"), cfg)
+    s16 = open_cache(tmp_path / "c16").scene("scene0000_00")
+    s8 = open_cache(tmp_path / "c8").scene("scene0000_00")
+    valid = PositionTeacher().point_features(ds.scene.points[10:], None).astype(np.float16)
+    np.testing.assert_array_equal(s8.quantizer.offset, valid.min(0).astype(np.float32))
+    np.testing.assert_allclose(s8.quantizer.scale, (valid.max(0).astype(np.float64) - valid.min(0)) / 255, rtol=1e-6)
+    assert s8.attrs["moments"] == s16.attrs["moments"]
+    for i in range(4):
+        a, b = s16.read_frame(i), s8.read_frame(i)
+        np.testing.assert_array_equal(a.point_index, b.point_index)
+        assert b.features.dtype == np.float16
+        err = np.abs(a.features.astype(np.float64) - b.features.astype(np.float64))
+        assert (err <= s8.quantizer.error_bound()).all()

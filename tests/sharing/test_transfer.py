@@ -201,3 +201,17 @@ def test_chunk_keys_from_metadata(make_cache):
     assert chunk_keys(meta, "labels") == ["c/0/0/0", "c/1/0/0", "c/2/0/0"]  # 9 frames, 4 per chunk
     with pytest.raises(TransferError, match="malformed"):
         chunk_keys({**meta, "shape": "x"}, "labels")
+
+
+def test_uint8_cache_pulls_exactly_and_does_not_merge_with_float16(make_cache, tmp_path):
+    src = make_cache("u8", scenes=2, frames=4, features="uint8")
+    report = pull_cache(src, tmp_path / "dst")
+    assert report.complete and report.copied == ["scene0000_00", "scene0001_00"]
+    assert open_cache(tmp_path / "dst").fingerprint == open_cache(src).fingerprint
+    for s in ("scene0000_00", "scene0001_00"):
+        frames_equal(src, tmp_path / "dst", s)  # dequantized with the copied scale/offset
+    assert verify_cache(tmp_path / "dst").ok
+    f16 = make_cache("f16", scenes=3, frames=2, seed=3)
+    pull_cache(f16, tmp_path / "other", scenes=["scene0002_00"])
+    with pytest.raises(TransferError, match=r"encoding\.features: 'uint8' != 'float16'"):
+        merge_caches([src, tmp_path / "other"], tmp_path / "m")

@@ -161,3 +161,39 @@ def test_verify_reads_what_open_cache_reads(make_cache, quick):
     path = make_cache(scenes=1, frames=3)
     assert open_cache(path).complete_scenes() == [S0]
     assert verify_cache(path, quick=quick, scenes=[S0, "nope"]).problems[0].kind == "missing_scene"
+
+
+def test_uint8_cache_verifies_and_damaged_features_fail(make_cache):
+    """uint8 features: moments recomputed from the dequantized codes agree with the recorded (unquantized) ones
+    within the quantization bound; a changed code, a truncated chunk or a wrong scale are all found."""
+    path = make_cache(scenes=2, frames=6, features="uint8")
+    assert verify_cache(path).ok, verify_cache(path).problems
+    assert verify_cache(path, quick=True).ok
+    group = zarr.open_group(str(path / "scenes" / S0), mode="r+")
+    assert np.dtype(group["features"].dtype) == np.uint8
+    row = int(group["cell_offsets"][:][4]) + 2  # a cell of frame 4
+    q = group["features"][row]
+    q[1] = (int(q[1]) + 7) % 256
+    group["features"][row] = q
+    assert kinds(verify_cache(path)) == {(S0, "checksum")}
+    chunk = path / "scenes" / S1 / "features" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-5])
+    unreadable = [p for p in verify_cache(path).problems if p.scene == S1]
+    assert [(p.kind, p.frame) for p in unreadable] == [("unreadable", 0)] and "features" in unreadable[0].message
+
+
+def test_uint8_dequantization_attributes_are_checked(make_cache):
+    path = make_cache(scenes=1, frames=4, features="uint8")
+    group = zarr.open_group(str(path / "scenes" / S0), mode="r+")
+    attrs = dict(group.attrs)
+    good = dict(attrs)
+    attrs["feature_scale"] = [2 * s for s in attrs["feature_scale"]]  # other values, same stored bytes
+    group.attrs.put(attrs)
+    report = verify_cache(path)
+    assert kinds(report) == {(S0, "scene_stats")}, report.problems
+    del attrs["feature_offset"]
+    group.attrs.put(attrs)
+    report = verify_cache(path)
+    assert kinds(report) == {(S0, "attrs")} and "feature_offset" in report.problems[0].message
+    group.attrs.put(good)
+    assert verify_cache(path).ok

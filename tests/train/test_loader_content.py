@@ -159,3 +159,23 @@ def test_host_batches_are_what_the_device_receives(make_cache) -> None:
             seen += 1
     assert seen == 6 and loader.epoch == 1 and loader.position == 0
     loader.close()
+
+
+def test_uint8_cache_batches_carry_dequantized_features(make_cache) -> None:
+    """A uint8 cache: the loader hands over the dequantized features (float16 values, as `read_frame` gives them),
+    within half a quantization step (+ float16 rounding) of the features that were written."""
+    path = make_cache(name="c8", scenes=1, frames=6, h=40, w=48, features="uint8")
+    ref = open_cache(make_cache(name="c16", scenes=1, frames=6, h=40, w=48))  # same seed: the same frames
+    cache = open_cache(path)
+    scene, original = cache.scene("scene0000_00"), ref.scene("scene0000_00")
+    scale = np.asarray(scene.attrs["feature_scale"], np.float64)
+    with CacheLoader(cache, LoaderConfig(batch_size=6, train=False)) as loader:
+        batch = next(iter(loader))
+    for k in range(6):
+        f, o = scene.read_frame(k), original.read_frame(k)
+        i, j = np.divmod(f.cells.astype(int), -(-48 // 8))
+        got = batch.features[k].numpy()[:, i, j].T
+        np.testing.assert_array_equal(got, f.features.astype(np.float32))
+        err = np.abs(got.astype(np.float64) - o.features.astype(np.float64))
+        assert (err <= scale / 2 + np.abs(got).max(0) * 2.0**-11 + 1e-7).all()
+        assert not np.array_equal(got, o.features.astype(np.float32))  # lossy: not the float16 values

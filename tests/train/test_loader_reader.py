@@ -51,11 +51,13 @@ def test_unsupported_layouts_fall_back(tmp_path: Path) -> None:
     assert not ChunkedRange(sharded).supported and not ChunkedRange(across).supported
 
 
-def test_block_reader_equals_scene_reader(make_cache) -> None:
-    cache = open_cache(make_cache(scenes=1, frames=13, h=48, w=64))
+@pytest.mark.parametrize("features", ["float16", "uint8"])
+def test_block_reader_equals_scene_reader(make_cache, features: str) -> None:
+    cache = open_cache(make_cache(scenes=1, frames=13, h=48, w=64, features=features))
     scene = cache.scene("scene0000_00")
     fast, slow = BlockReader(scene), BlockReader(scene, direct=False)
     assert fast.direct and not slow.direct
+    assert scene.read_block(0, 2).features.dtype == np.float16  # uint8 codes come out dequantized
     for a, b in [(0, 13), (0, 4), (3, 9), (12, 13)]:  # labels are chunked by 4 frames: ranges cross chunks
         want, got, fallback = scene.read_block(a, b), fast.read_block(a, b), slow.read_block(a, b)
         for name in want.__dataclass_fields__:

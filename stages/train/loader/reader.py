@@ -201,7 +201,8 @@ class BlockReader:
             image_size=s.image_size[start:stop], intrinsics=s.intrinsics[start:stop], pose=s.pose[start:stop],
             image_offsets=s.image_offsets[start:stop + 1] - i0, image_data=got["image_data"],
             labels=got["labels"], cell_offsets=s.cell_offsets[start:stop + 1] - c0, cells=got["cells"],
-            features=got["features"], point_index=got["point_index"], point_labels=got["point_labels"],
+            features=s.decode_features(got["features"]), point_index=got["point_index"],
+            point_labels=got["point_labels"],
             depth=got["depth"])
 
 
