@@ -65,7 +65,8 @@ if __name__ == "__main__":
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--backend", default="torch")
-    ap.add_argument("--feature-dtype", choices=("float16", "uint8"), default="float16",
-                    help="cache feature encoding (uint8: lossy per-channel 8-bit code)")
+    ap.add_argument("--feature-dtype", choices=("float16", "uint8", "both"), default="float16",
+                    help="cache feature encoding (uint8: lossy per-channel 8-bit code); both: one line each")
     a = ap.parse_args()
-    emit(run(a.scenes, a.frames, a.size, a.backend, a.feature_dtype))
+    for dt in ("float16", "uint8") if a.feature_dtype == "both" else (a.feature_dtype,):
+        emit(run(a.scenes, a.frames, a.size, a.backend, dt))

@@ -103,6 +103,58 @@ def loader_rate(cache_path: Path, cfg: LoaderConfig, runs: int, *, host: bool = 
     return statistics.median(rates)
 
 
+def stage_profile(cache_path: Path, cfg: LoaderConfig) -> dict[str, float]:
+    """Where a training-mode frame's time goes on one thread: ms per frame for each stage of the workers path, run
+    stage by stage over every frame of the cache (the same functions the loader calls, in the same order; reads are
+    whole blocks, divided by their frames). Explains the loader row; their sum is ~ the single-thread loader cost."""
+    from cache_schema import IGNORE
+    from stages.train.loader.augment import warp_image_cv2, warp_labels_cv2
+    from stages.train.loader.scatter import output_grid, scatter_frame
+
+    cv2.setNumThreads(1)
+    loader = CacheLoader(open_cache(cache_path), cfg)
+    a_all = np.concatenate([loader.transforms(0, b, idx) for b, idx in enumerate(loader.batch_indices(0))])
+    ho = wo = cfg.crop
+    gh, gw = output_grid((ho, wo))
+    c = loader.channels
+    img, lab = np.empty((3, ho, wo), np.float32), np.empty((ho, wo), np.int64)
+    feat, mask = np.empty((c, gh, gw), np.float32), np.empty((gh, gw), bool)
+    flab, dep = np.empty((gh, gw), np.int64), np.empty((gh, gw), np.float32)
+    scratch: dict = {}
+    t = dict.fromkeys(("read", "decode", "warp+normalize", "labels", "scatter"), 0.0)
+    n = 0
+    for b in range(len(loader._blocks)):  # the loader's own block reads and per-frame steps (bench-only access)
+        t0 = time.perf_counter()
+        fb = loader._read_block(b)
+        t["read"] += time.perf_counter() - t0
+        si = loader.table.scenes[int(loader.table.locate(np.asarray([loader._blocks[b, 0]]))[0][0])]
+        for k in range(len(fb)):
+            a = a_all[n % len(a_all)]
+            t0 = time.perf_counter()
+            bgr = loader._decode_bgr(fb, k, si.height, si.width)
+            t1 = time.perf_counter()
+            warp_image_cv2(bgr, a, img, loader._alpha, loader._beta, scratch)
+            t2 = time.perf_counter()
+            warp_labels_cv2(fb.labels[k], a, lab, loader._lut, scratch)
+            t3 = time.perf_counter()
+            feat.fill(0)
+            mask.fill(False)
+            flab.fill(IGNORE)
+            dep.fill(0)
+            c0, c1 = int(fb.cell_offsets[k]), int(fb.cell_offsets[k + 1])
+            scatter_frame(fb.cells[c0:c1], fb.features[c0:c1], fb.depth[c0:c1], loader._lut[fb.point_labels[c0:c1]],
+                          grid_w=-(-si.width // loader.stride), stride=loader.stride, a=a, out_feat=feat,
+                          out_mask=mask, out_labels=flab, out_depth=dep)
+            t4 = time.perf_counter()
+            t["decode"] += t1 - t0
+            t["warp+normalize"] += t2 - t1
+            t["labels"] += t3 - t2
+            t["scatter"] += t4 - t3
+            n += 1
+    loader.close()
+    return {k: round(1e3 * v / max(n, 1), 3) for k, v in t.items()}
+
+
 def gpu_rate(cache_path: Path, cfg: LoaderConfig, runs: int, device: str) -> dict:
     """Batches/s and frames/s delivered to the GPU: every batch's tensors ready on `device` (synchronized)."""
     import torch
@@ -175,6 +227,8 @@ def main() -> None:
         if "train" in modes:  # the CPU share of the GPU path: CPU JPEG decode to the pinned batch
             load["host"] = loader_rate(path, LoaderConfig(batch_size=args.batch_size, workers=args.workers,
                                                           augment_on="device"), args.runs, host=True)
+        profile = stage_profile(path, LoaderConfig(batch_size=args.batch_size, workers=1)) if "train" in modes \
+            else None
         gpu = None
         if args.device.startswith("cuda"):
             gpu = gpu_rate(path, LoaderConfig(batch_size=args.batch_size, workers=args.workers), args.runs,
@@ -194,6 +248,7 @@ def main() -> None:
             "decode_1thread_fps": round(single, 1), "decode_fps": round(decode, 1),
             "decode_fps_per_core": round(decode / per, 1), "loader_fps": round(load[m], 1),
             "loader_fps_per_core": round(load[m] / per, 1), "ratio": round(load[m] / decode, 3)}
+            | ({"stage_ms_per_frame_1thread": profile} if profile and m == "train" else {})
             | ({"device": args.device} | gpu if gpu and m == "train" else {})))
 
 

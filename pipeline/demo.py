@@ -28,7 +28,7 @@ class DemoConfig:
     frames: int = 8
     size: str = "320x240"
     seed: int = 0
-    teacher_epochs: int = 12
+    teacher_epochs: int = 10
     teacher_points: int = 30000  # random crop per teacher step: keeps CPU training to minutes
     # a CPU-sized teacher: the paper's Res16UNet34C at 2 cm costs ~20 s per training step here, 14A at 5 cm ~1 s
     teacher_architecture: str = "Res16UNet14A"

@@ -52,20 +52,20 @@ class ReproduceConfig:
     nyu_size: str = "320x240"
     world_seed: int = 0
     nyu_world_seed: int = 1  # other geometry than A: NYU-v2 is not ScanNet's rooms either
-    teacher_epochs: int = 15
+    teacher_epochs: int = 12
     teacher_max_points: int = 30000
     # CPU-sized teacher: the paper's Res16UNet34C at 2 cm costs ~20 s per step here; 14A at 5 cm ~1 s
     teacher_architecture: str = "Res16UNet14A"
     teacher_voxel_size: float = 0.05
-    iters: int = 400
-    batch_size: int = 8
-    crop: int = 161
+    iters: int = 240  # ~0.45 s per step at batch 4, crop 97 on 2 cores: 24 students in ~50 min
+    batch_size: int = 4
+    crop: int = 97
     depth: int = 18
     workers: int = 2
     device: str = "cpu"
     probe_layer: str = "layer4"  # "res-block-4" as the paper's Figure 7 / 12
-    probe_iters: int = 300
-    probe_batch: int = 8
+    probe_iters: int = 150
+    probe_batch: int = 4
     probe_lr: float = 1e-3
     extra_train_flags: list[str] = field(default_factory=list)
 
@@ -75,7 +75,7 @@ PRESETS: dict[str, ReproduceConfig] = {
     "smoke": ReproduceConfig(preset="smoke", scenes=3, frames=6, size="96x72", vertex_spacing=0.08, nyu_scenes=2,
                              nyu_frames=6, nyu_size="96x72", teacher_epochs=1, teacher_max_points=4000, iters=3,
                              batch_size=2, crop=65, depth=18, workers=1, probe_iters=5, probe_batch=2),
-    # the default: ~1-2 hours on 2 CPU cores
+    # the default: ~70 minutes on 2 CPU cores
     "cpu": ReproduceConfig(preset="cpu"),
     # paper-like student sizes on one GPU (PSPNet-50, 473 crops, batch 16)
     "gpu": ReproduceConfig(preset="gpu", scenes=24, frames=60, size="640x480", nyu_scenes=24, nyu_frames=40,
@@ -484,7 +484,7 @@ def cli(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder (resumed if present)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                    help="smoke: tiny (tests); cpu: ~1-2 h on 2 cores (default); gpu: paper-like sizes, --device cuda")
+                    help="smoke: tiny (tests); cpu: ~70 min on 2 cores (default); gpu: paper-like sizes, --device cuda")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated student seeds (default 0,1,2)")
     ap.add_argument("--iters", type=int, help="override the preset's student iterations")
     ap.add_argument("--device", help="override the preset's device (cpu, cuda, cuda:1)")

@@ -35,6 +35,44 @@ def _metric(results: dict, run: str | None, where: str, key: str = "miou") -> di
     return stats([rec["eval"][where].get(key) for rec in per_seed.values() if where in rec.get("eval", {})])
 
 
+# The paper's claims as paired comparisons (same student seed): (claim, run, reference run, evaluation set)
+CLAIMS = [
+    ("Table 2: paired distillation beats the baseline (A val)", "paired", "baseline", "A"),
+    ("Table 2: paired distillation beats Multitask (A val)", "paired", "multitask", "A"),
+    ("Table 7: DN beats BN, paired (A val)", "paired", "paired-bn", "A"),
+    ("Table 7: unpaired distillation (SAAL) beats the NYU baseline (NYU test)", "unpaired", "nyu-baseline", "nyu"),
+    ("Table 7: DN beats BN, unpaired (NYU test)", "unpaired", "unpaired-bn", "nyu"),
+    ("Table 7: per-class discriminators (SAAL) beat one shared (NYU test)", "unpaired", "unpaired-shared", "nyu"),
+    ("Table 8: paired beats the baseline under the style shift (B val)", "paired", "baseline", "B"),
+    ("Table 8: paired beats the baseline on the NYU world (NYU test)", "paired", "baseline", "nyu"),
+    ("§4.5: paired features hold more depth (SSIM)", "paired", "baseline", "probe"),
+]
+
+
+def _per_seed(results: dict, run: str, where: str, key: str) -> dict[str, float]:
+    out = {}
+    for seed, rec in results.get(run, {}).items():
+        v = rec.get("depth_probe", {}).get("ssim") if where == "probe" else rec.get("eval", {}).get(where, {}).get(key)
+        if v is not None and math.isfinite(float(v)):
+            out[seed] = float(v)
+    return out
+
+
+def compare(results: dict, run: str, ref: str, where: str, key: str = "miou") -> dict:
+    """Per-seed differences run − ref (the same seed pairs the two students' initialisation and data order), their
+    mean and sample std, and a verdict: 'yes' when mean − 2·std/√n > 0, 'no (worse)' when mean + 2·std/√n < 0,
+    else 'not resolved' (the difference is within the seed-to-seed noise at this n; n = 1 never resolves)."""
+    a, b = _per_seed(results, run, where, key), _per_seed(results, ref, where, key)
+    d = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    st = stats(d)
+    if st["n"] < 2:
+        verdict = "not resolved"
+    else:
+        half = 2 * st["std"] / math.sqrt(st["n"])
+        verdict = "yes" if st["mean"] - half > 0 else "no (worse)" if st["mean"] + half < 0 else "not resolved"
+    return {"difference": st, "verdict": verdict}
+
+
 def summarize(results: dict[str, dict[str, dict]], runs) -> dict:
     """The four tables as JSON: rows of {label, run, <column>: {mean, std, n, values}}."""
     t2 = [{"label": lab, "run": r, **{k: _metric(results, r, "A", k) for k in ("miou", "macc", "pixel_accuracy")}}
@@ -49,13 +87,43 @@ def summarize(results: dict[str, dict[str, dict]], runs) -> dict:
         recs = [rec["depth_probe"] for rec in results.get(r, {}).values() if "depth_probe" in rec]
         probe.append({"label": lab, "run": r, "ssim": stats([x["ssim"] for x in recs]),
                       "rmse_m": stats([x["rmse_m"] for x in recs])})
-    return {"table2": t2, "table7": t7, "table8": t8, "depth_ssim": probe}
+    claims = [{"claim": c, "run": r, "reference": ref, "where": w, **compare(results, r, ref, w)}
+              for c, r, ref, w in CLAIMS]
+    return {"table2": t2, "table7": t7, "table8": t8, "depth_ssim": probe, "claims": claims}
 
 
 def fmt(s: dict, scale: float = 100.0, digits: int = 2) -> str:
     if not s or s.get("n", 0) == 0:
         return "—"
     return f"{scale * s['mean']:.{digits}f} ± {scale * s['std']:.{digits}f}"
+
+
+# Why the CPU preset looks as it does. The choices were made on the old demo world (seed 0, 8 rooms: its two
+# validation rooms are training rooms of the 30-room world A) and on a tuning world (seed 7, 30 rooms): never on the
+# validation or test rooms the tables are computed from.
+SETUP_NOTES = """## How the CPU setup was chosen (and what was tried)
+
+The first CPU runs (the demo of 2026-11-24: 8 rooms × 24 frames, Res16UNet34C at 2 cm, 36 teacher steps; students
+200 iterations) gave baseline 4.0 vs. paired 4.5 mIoU: nothing resolved. What was looked at, on the old demo world
+and a separate tuning world (seed 7), never on the validation or test rooms of these tables:
+
+1. **Teacher quality.** That teacher reached 8.6 % 3D mIoU: its features carried little beyond wall and floor. Cost
+   was the first reason: Res16UNet34C at 2 cm takes ~20 s per training step on 2 cores (forward 10.5 s on a
+   104k-voxel room with MinkowskiEngine), so only 36 steps fit. Res16UNet14A at 5 cm takes ~1.1 s; the architecture
+   and voxel size travel in the teacher's sidecar and the cache manifest.
+2. **Rooms, not frames.** With 6 training rooms (the old demo world) the cheaper teacher fit its crops (loss 0.6)
+   but stayed at 12 % 3D mIoU on held-out rooms after 180 steps: too few rooms to generalize. The same budget over
+   the 24 training rooms of the tuning world (30 rooms × 8 frames instead of 8 × 24: as many frames) reached 17.5 %
+   after 240 steps, still rising. Hence the worlds' 30 rooms.
+3. **Student budget.** At 200–300 iterations from scratch (no ImageNet weights can be loaded here) both students'
+   cross-entropy is still ~2.8 (ln 20 = 3.0) on the tuning world, where baseline 5.2 vs. paired 4.3 mIoU: they sit
+   near the class prior, and the L2 term regularizes a network that has not learned much yet. A learning rate of
+   0.05 made the baseline worse (1.7 mIoU), so the paper's 0.01 stays. The students' budget is the binding
+   constraint on CPU; the `gpu` preset (PSPNet-50, 473 crops, 6,000 iterations, the paper's teacher) is the
+   configuration in which the paper's gains are expected to show.
+4. **Loss scale.** With the better teacher the paired term is 0.03 × ~80 ≈ 2.4 against L_s ≈ 2.9 (it was
+   0.03 × ~600 with the first teacher, whose features dominated the gradient); the paper's 0.03 was kept.
+""".splitlines()
 
 
 def write_report(out: Path, doc: dict) -> Path:
@@ -95,6 +163,15 @@ def write_report(out: Path, doc: dict) -> Path:
               "divided by 10 m. SSIM: Gaussian window 7, σ 1.5, L = 1, local statistics mask-weighted over covered "
               "cells.", "", "| student features | SSIM ×100 | RMSE (m) |", "|---|---|---|"]
     lines += [f"| {r['label']} | {fmt(r['ssim'])} | {fmt(r['rmse_m'], 1.0, 3)} |" for r in t["depth_ssim"]]
+    if t.get("claims"):
+        lines += ["", "## Do the paper's claims hold here?", "",
+                  "Each row pairs the two students of the same seed: difference = run − reference (mIoU points, SSIM "
+                  "×100), mean ± std over seeds. 'yes' needs the mean to exceed two standard errors; otherwise the "
+                  "difference is not resolved from the seed-to-seed noise at this size.", "",
+                  "| claim | difference | holds? |", "|---|---|---|"]
+        lines += [f"| {c['claim']} | {fmt(c['difference'])} | {c['verdict']} |" for c in t["claims"]]
+    if cfg["preset"] != "smoke":
+        lines += [""] + SETUP_NOTES
     teacher = doc.get("teacher") or {}
     if teacher:
         val = teacher.get("val") or {}

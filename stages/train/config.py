@@ -34,7 +34,7 @@ class ModelConfig:
     norm: str = "dn"  # dn | bn: DimensionNorm or BatchNorm in the distillation branch (Table 7)
     aux: bool = True  # PSPNet's auxiliary head on layer3
     pretrained: str | None = None  # path of an ImageNet deep-stem ResNet state_dict (never downloaded)
-    sync_bn: bool = True  # SyncBatchNorm under DDP on CUDA (gloo/CPU keeps per-process BN)
+    sync_bn: bool = True  # DDP: DN statistics all-reduced on any backend; BN -> SyncBatchNorm on CUDA only
 
 
 @dataclass

@@ -61,6 +61,7 @@ from stages.train.losses import (
     paired_objective,
     segmentation_loss,
 )
+from stages.train.model.dimension_norm import DimensionNorm
 from stages.train.model.student import Student, StudentConfig, StudentOutput
 
 LAST_CHECKPOINT = "last.pt"
@@ -364,6 +365,11 @@ class Trainer:
     def _wrap_ddp(self, student: Student) -> nn.Module:
         if not self.env.enabled:
             return student
+        if self.cfg.model.sync_bn:
+            # DN's batch statistics are all-reduced on any backend; BN's only on CUDA (SyncBatchNorm needs it)
+            for m in student.modules():
+                if isinstance(m, DimensionNorm):
+                    m.sync = True
         if self.device.type == "cuda" and self.cfg.model.sync_bn:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             self.student = student

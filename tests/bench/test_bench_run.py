@@ -95,3 +95,24 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     bare = tmp_path / "new.md"
     update_readme(bare, "t")
     assert START in bare.read_text() and "\nt\n" in bare.read_text()
+
+
+def test_cache_size_rows_per_feature_encoding():
+    """bench_extraction --feature-dtype both gives one result per encoding: each gets its own size rows and target
+    verdict; the timing rows come from the first (float16, the default)."""
+
+    def result(dt: str, ratio: float) -> dict:
+        return {"feature_dtype": dt, "paper_layout_bytes_per_frame": {"total": 150_000.0, "features_npy": 110_000.0,
+                                                                       "index_map_npy": 40_000.0},
+                "feature_content_ratio_paper_over_ours": ratio, "target_10x_met": ratio >= 10,
+                "bytes_per_frame": {"features": 1000.0, "total": 60_000.0}, "budget_215KB_met": True,
+                "channels": 96, "cells_per_frame": 150.0, "seconds_per_scene": {"teacher": 9.0, "write": 1.0},
+                "seconds_per_scene_total": 10.0, "dominant_part": "teacher", "frames_per_scene": 8,
+                "image_size": "640x480", "backend": "auto", "scannet_1513_scans_hours_at_this_rate": 4.2}
+
+    rows = rows_for("extraction", {"status": "ok", "item": "2, 5",
+                                   "results": [result("float16", 6.4), result("uint8", 15.7)]})
+    size = {r["measure"]: r for r in rows if "bytes/frame" in r["measure"]}
+    assert size["Cache size (float16 features): teacher content bytes/frame"]["status"] == "**missed**"
+    assert size["Cache size (uint8 features): teacher content bytes/frame"]["status"] == "met"
+    assert sum("Extraction: teacher" in r["measure"] for r in rows) == 1

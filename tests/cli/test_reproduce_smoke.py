@@ -96,3 +96,21 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert "$ distill-cache" not in r2.stdout
     assert json.loads((out / "results.json").read_text())["tables"] == t
+
+
+def test_claims_pair_students_by_seed():
+    """A claim holds only when the per-seed differences clear two standard errors; one seed never resolves it."""
+    from pipeline.reproduce_report import compare
+
+    def res(values: dict[str, list[float]]) -> dict:
+        return {run: {str(s): {"eval": {"A": {"miou": v}}} for s, v in enumerate(vs)} for run, vs in values.items()}
+
+    clear = res({"paired": [0.30, 0.41, 0.52], "baseline": [0.20, 0.30, 0.41]})  # +0.10, +0.11, +0.11
+    assert compare(clear, "paired", "baseline", "A")["verdict"] == "yes"
+    assert abs(compare(clear, "paired", "baseline", "A")["difference"]["mean"] - 0.1067) < 1e-3
+    noisy = res({"paired": [0.30, 0.20, 0.50], "baseline": [0.20, 0.30, 0.41]})  # +0.10, -0.10, +0.09
+    assert compare(noisy, "paired", "baseline", "A")["verdict"] == "not resolved"
+    worse = res({"paired": [0.10, 0.20, 0.31], "baseline": [0.20, 0.30, 0.41]})
+    assert compare(worse, "paired", "baseline", "A")["verdict"] == "no (worse)"
+    one = res({"paired": [0.9], "baseline": [0.1]})
+    assert compare(one, "paired", "baseline", "A")["verdict"] == "not resolved"

@@ -75,3 +75,55 @@ def test_target_stats_validation() -> None:
         DimensionNorm(3, target="tracked", target_channels=2)
     with pytest.raises(ValueError, match="needs the reference"):
         DimensionNorm(3, target="tracked").train()(torch.randn(2, 3, 2, 2))
+
+
+def _dn_rank(rank: int, world: int, port: int, x: torch.Tensor, ref: torch.Tensor, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        dn1, dn2 = DimensionNorm(3), DimensionNorm(3, target="tracked", target_channels=1)
+        dn1.set_target_stats([1.0, 2.0, 3.0], [1.0, 4.0, 9.0])
+        dn1.sync = dn2.sync = True
+        part = slice(rank * 2, rank * 2 + 2)  # each process holds 2 of the 4 samples
+        xi = x[part].clone().requires_grad_(True)
+        y1 = dn1.train()(xi)
+        y2 = dn2.train()(xi.detach(), reference=ref[part])
+        (y1 * torch.arange(1.0, 4.0).view(1, 3, 1, 1)).square().sum().backward()
+        torch.save({"y1": y1.detach(), "y2": y2, "grad": xi.grad, "rm": dn1.running_mean, "rv": dn1.running_var,
+                    "tm": dn2.target_mean, "tv": dn2.target_var}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_under_ddp_equals_the_whole_batch(tmp_path) -> None:
+    """Two gloo processes with half the batch each and `sync = True` give exactly what one process gets on the
+    whole batch: outputs, input gradients, running statistics and DN2's tracked reference statistics."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, 5, 6, generator=gen) * 3 + 1
+    ref = torch.randn(4, 8, 5, 6, generator=gen) * 2 - 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_dn_rank, args=(2, port, x, ref, str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    dn1, dn2 = DimensionNorm(3), DimensionNorm(3, target="tracked", target_channels=1)
+    dn1.set_target_stats([1.0, 2.0, 3.0], [1.0, 4.0, 9.0])
+    xw = x.clone().requires_grad_(True)
+    y1 = dn1.train()(xw)
+    y2 = dn2.train()(x, reference=ref)
+    (y1 * torch.arange(1.0, 4.0).view(1, 3, 1, 1)).square().sum().backward()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        part = slice(rank * 2, rank * 2 + 2)
+        torch.testing.assert_close(got["y1"], y1.detach()[part], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got["y2"], y2[part], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got["grad"], xw.grad[part], atol=1e-4, rtol=1e-4)
+        for k, want in (("rm", dn1.running_mean), ("rv", dn1.running_var), ("tm", dn2.target_mean),
+                        ("tv", dn2.target_var)):
+            torch.testing.assert_close(got[k], want, atol=1e-5, rtol=1e-5)

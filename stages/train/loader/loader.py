@@ -246,7 +246,8 @@ class CacheLoader:
 
     def _stage(self, pf: Prefetcher, b: int):
         slot, host = pf.get(b)
-        tensors, event = self._copy.to_device(host)
+        # JPEG bytes go to nvJPEG from the (pinned) host buffer: copying them to the device too would be wasted
+        tensors, event = self._copy.to_device({k: v for k, v in host.items() if k not in ("jpeg", "jpeg_offsets")})
         return slot, host, tensors, event
 
     def close(self) -> None:
@@ -424,7 +425,7 @@ class CacheLoader:
         if self.mode == "workers":
             return Batch(**t)
         n = int(t["index"].shape[0])
-        if "jpeg" in t:
+        if "jpeg" in _host:
             from torchvision.io import decode_jpeg
 
             jpeg, offs = _host["jpeg"], _host["jpeg_offsets"].tolist()

@@ -15,6 +15,12 @@ The target statistics (μ̄, σ̄ = sqrt(var + eps)) are what makes DN differ fr
   the test batch. f2d has 512 channels while DN2 calibrates the C3D-channel f3d_sim, so the student builds DN2
   with ``target_channels=1``: one mean and variance pooled over all of f2d's channels, broadcast over C3D.
   (The released code used such scalar 2D statistics too, but as fixed numbers read from a file.)
+
+Under DistributedDataParallel each process sees a slice of the batch. With ``sync = True`` (the trainer sets it with
+``model.sync_bn``) the batch statistics of x — and DN2's reference statistics — are all-reduced over the processes,
+so the statistics are those of the whole batch, as with SyncBatchNorm; unlike SyncBatchNorm this works on any
+backend (gloo on CPU too). The reduction of x's sums is differentiable (its backward all-reduces too), so the
+gradient is the whole batch's as well.
 """
 
 from __future__ import annotations
@@ -22,8 +28,29 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is the sum of every process's upstream gradient (y = Σ_r x_r)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
 
 
 class DimensionNorm(nn.Module):
@@ -39,6 +66,7 @@ class DimensionNorm(nn.Module):
             raise ValueError(f"target_channels must be 1 or {num_channels}, got {ct}")
         self.num_channels, self.target, self.target_channels = num_channels, target, ct
         self.eps, self.momentum = eps, momentum
+        self.sync = False  # all-reduce batch statistics over DDP processes (see the module docstring)
         self.delta_sigma = nn.Parameter(torch.ones(num_channels))
         self.delta_mu = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("running_mean", torch.zeros(num_channels))
@@ -63,14 +91,45 @@ class DimensionNorm(nn.Module):
         self.target_var.copy_(var_t)
         self.target_stats_set.fill_(True)
 
-    def _reference_stats(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and biased variance of ``reference`` per target channel (pooled over all when 1), detached."""
+    def _reference_stats(self, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Mean and biased variance of ``reference`` per target channel (pooled over all when 1), detached, and the
+        number of values per channel they come from (over all processes under `sync`)."""
         ref = reference.detach().float()
-        if self.target_channels == 1:
-            return ref.mean().reshape(1), ref.var(unbiased=False).reshape(1)
-        if ref.shape[1] != self.target_channels:
+        if self.target_channels != 1 and ref.shape[1] != self.target_channels:
             raise ValueError(f"reference has {ref.shape[1]} channels, DimensionNorm tracks {self.target_channels}")
-        return ref.mean(dim=(0, 2, 3)), ref.var(dim=(0, 2, 3), unbiased=False)
+        if self.sync and _distributed():
+            with torch.no_grad():
+                dims = (0, 1, 2, 3) if self.target_channels == 1 else (0, 2, 3)
+                r = ref.double()
+                stats = torch.cat([r.sum(dims).reshape(-1), (r * r).sum(dims).reshape(-1),
+                                   r.new_tensor([ref.numel() // self.target_channels])])
+                dist.all_reduce(stats)
+                c = self.target_channels
+                mean = stats[:c] / stats[-1]
+                var = (stats[c:2 * c] / stats[-1] - mean * mean).clamp_min(0)
+                return mean.float(), var.float(), int(stats[-1])
+        n = ref.numel() // self.target_channels
+        if self.target_channels == 1:
+            return ref.mean().reshape(1), ref.var(unbiased=False).reshape(1), n
+        return ref.mean(dim=(0, 2, 3)), ref.var(dim=(0, 2, 3), unbiased=False), n
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """x̂ with batch statistics (all-reduced under `sync`) in training, running statistics in eval."""
+        if not (self.training and self.sync and _distributed()):
+            return F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, self.momentum,
+                                self.eps)
+        c = self.num_channels
+        xd = x.double()
+        local = torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), xd.new_tensor([x.numel() // c])])
+        stats = _AllReduceSum.apply(local)  # differentiable: gradients flow to every process's slice
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.float(), self.momentum)
+            self.running_var.lerp_((var * n / (n - 1).clamp_min(1)).float(), self.momentum)
+        inv = torch.rsqrt(var + self.eps).to(x.dtype).view(1, -1, 1, 1)
+        return (x - mean.to(x.dtype).view(1, -1, 1, 1)) * inv
 
     def forward(self, x: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.num_channels:
@@ -81,16 +140,14 @@ class DimensionNorm(nn.Module):
         if self.target == "tracked" and self.training:
             if reference is None:
                 raise ValueError("a tracked-target DimensionNorm (DN2) needs the reference feature f2d in training")
-            mean, var = self._reference_stats(reference)
+            mean, var, n = self._reference_stats(reference)
             with torch.no_grad():
-                n = reference.numel() // self.target_channels
                 self.target_mean.lerp_(mean, self.momentum)
                 self.target_var.lerp_(var * n / max(n - 1, 1), self.momentum)  # unbiased, as BN's running_var
                 self.target_stats_set.fill_(True)
         if self.training:
             self.num_batches_tracked.add_(1)
-        x_hat = F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training,
-                             self.momentum, self.eps)
+        x_hat = self._normalize(x)
         scale = (self.delta_sigma * torch.sqrt(var + self.eps)).view(1, -1, 1, 1)
         shift = (self.delta_sigma * mean + self.delta_mu).view(1, -1, 1, 1)
         return x_hat * scale + shift
