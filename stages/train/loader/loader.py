@@ -395,7 +395,10 @@ class CacheLoader:
         cn, fn, ftn, dn, ln = (t.numpy() for t in (cells, frame, feats, depth, flab))
         pos = 0
         for k, ((si, fb, local), m) in enumerate(zip(frames, counts, strict=True)):
-            lab_np[k, :si.height, :si.width] = cv2.LUT(fb.labels[local], self._lut)
+            if (si.height, si.width) == (hmax, wmax):
+                cv2.LUT(fb.labels[local], self._lut, dst=lab_np[k])  # straight into the batch buffer
+            else:
+                lab_np[k, :si.height, :si.width] = cv2.LUT(fb.labels[local], self._lut)
             if m:
                 c0 = int(fb.cell_offsets[local])
                 cn[pos:pos + m] = fb.cells[c0:c0 + m]
