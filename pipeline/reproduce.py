@@ -279,7 +279,7 @@ class Reproduce:
     # -- helpers --
 
     def cli(self, name: str, *args: str) -> str:
-        line = "distill-cache " + shlex.join(args)
+        line = self.line(*args)
         print(f"\n=== {name}\n$ {line}", flush=True)
         t = time.perf_counter()
         proc = subprocess.run([*self.dc, *args], stdout=subprocess.PIPE, text=True)
@@ -290,9 +290,14 @@ class Reproduce:
         self._record(StepRecord(name, seconds, command=line))
         return proc.stdout
 
-    def reused(self, name: str) -> None:
+    def reused(self, name: str, command: str = "") -> None:
+        """A step whose output exists; its command is still listed, so the report tells how it was made."""
         print(f"=== {name} (reused)", flush=True)
-        self.steps.append(StepRecord(name, self.timings.get(name, float("nan")), reused=True))
+        self.steps.append(StepRecord(name, self.timings.get(name, float("nan")), reused=True, command=command))
+
+    @staticmethod
+    def line(*args: str) -> str:
+        return "distill-cache " + shlex.join(args)
 
     def _record(self, step: StepRecord) -> None:
         self.steps.append(step)
@@ -315,31 +320,29 @@ class Reproduce:
 
     def world(self, name: str, kind: str, root: Path, scenes: int, frames: int, size: str, seed: int,
               style: str) -> None:
-        if (root / ".complete").exists():
-            self.reused(name)
-            return
         args = ["synth", kind, str(root), "--scenes", str(scenes), "--frames", str(frames), "--seed", str(seed),
                 "--size", size, "--style", style, "--quiet"]
         if kind == "scannet":
             args += ["--vertex-spacing", str(self.cfg.vertex_spacing)]
+        if (root / ".complete").exists():
+            self.reused(name, self.line(*args))
+            return
         self.cli(name, *args)
         (root / ".complete").write_text("ok\n")
 
     def extract(self, name: str, cache: Path, *args: str) -> None:
         done = cache.parent / f"{cache.name}.done"
+        args = ("extract", "--out", str(cache), "--quiet", *args)
         if done.exists():
-            self.reused(name)
+            self.reused(name, self.line(*args))
             return
-        self.cli(name, "extract", "--out", str(cache), "--quiet", *args)
+        self.cli(name, *args)
         done.write_text("ok\n")
 
     def train(self, run: StudentRun, seed: int, caches: dict[str, Path]) -> Path:
         c = self.cfg
         rdir = self.out / "students" / f"{run.name}-s{seed}"
         name = f"train {run.name} seed {seed}"
-        if (rdir / "last.pt").exists() and (rdir / "done").exists():
-            self.reused(name)
-            return rdir
         args = ["train", "--out", str(rdir), *run.flags, "--iters", str(c.iters), "--batch-size", str(c.batch_size),
                 "--crop", str(c.crop), "--depth", str(c.depth), "--seed", str(seed), "--workers", str(c.workers),
                 "--checkpoint-every", str(c.iters), "--device", c.device, "--quiet", "--json",
@@ -350,6 +353,9 @@ class Reproduce:
             args += ["--cache", str(caches["nyu-train"])]
             if "unpaired" in run.flags:
                 args += ["--feature-cache", str(caches["A-train"])]
+        if (rdir / "last.pt").exists() and (rdir / "done").exists():
+            self.reused(name, self.line(*args))
+            return rdir
         if (rdir / "last.pt").exists():
             args.append("--resume")  # an interrupted run continues exactly
         self.cli(name, *args)
@@ -359,15 +365,15 @@ class Reproduce:
     def evaluate(self, run: StudentRun, seed: int, rdir: Path, where: str, caches: dict[str, Path]) -> dict:
         path = rdir / f"eval-{where}.json"
         name = f"evaluate {run.name} seed {seed} on {where}"
-        if path.exists() and path.stat().st_mtime >= (rdir / "last.pt").stat().st_mtime:
-            self.reused(name)
-            return json.loads(path.read_text())
-        from stages.train.evaluate import EvalConfig, evaluate
-
         # cross-dataset evaluation (A-trained on the NYU world) is a deliberate domain shift, as the paper's Table 8
         force = (run.data == "A") != (where in ("A", "B"))
         line = (f"distill-cache evaluate --checkpoint {rdir / 'last.pt'} --cache {caches[where]} --json"
                 f"{' --force' if force else ''}")
+        if path.exists() and path.stat().st_mtime >= (rdir / "last.pt").stat().st_mtime:
+            self.reused(name, line)
+            return json.loads(path.read_text())
+        from stages.train.evaluate import EvalConfig, evaluate
+
         print(f"\n=== {name}\n$ {line}  (in-process: the command's own function; saves a start-up per evaluation)",
               flush=True)
         t = time.perf_counter()
@@ -383,7 +389,7 @@ class Reproduce:
         path = rdir / f"depth-probe-{self.cfg.probe_layer}.json"
         name = f"depth probe {run.name} seed {seed}"
         if path.exists() and path.stat().st_mtime >= (rdir / "last.pt").stat().st_mtime:
-            self.reused(name)
+            self.reused(name, f"(in-process) depth_probe({rdir.name})")
             return json.loads(path.read_text())
         print(f"\n=== {name}", flush=True)
         t = time.perf_counter()
@@ -411,14 +417,15 @@ class Reproduce:
                    c.nyu_frames, c.nyu_size, c.nyu_world_seed, "b")
         teacher = out / "teacher.pth"
         train_split, val_split = world_a / "scannetv2_train.txt", world_a / "scannetv2_val.txt"
+        teacher_args = ("train-teacher", "--dataset", "scannet", "--root", str(world_a), "--out", str(teacher),
+                        "--split-file", str(train_split), "--val-split-file", str(val_split), "--epochs",
+                        str(c.teacher_epochs), "--max-points", str(c.teacher_max_points), "--seed", str(c.world_seed),
+                        "--architecture", c.teacher_architecture, "--voxel-size", str(c.teacher_voxel_size),
+                        "--device", c.device)
         if teacher.exists():
-            self.reused("3D teacher")
+            self.reused("3D teacher", self.line(*teacher_args))
         else:
-            self.cli("3D teacher", "train-teacher", "--dataset", "scannet", "--root", str(world_a), "--out",
-                     str(teacher), "--split-file", str(train_split), "--val-split-file", str(val_split), "--epochs",
-                     str(c.teacher_epochs), "--max-points", str(c.teacher_max_points), "--seed", str(c.world_seed),
-                     "--architecture", c.teacher_architecture, "--voxel-size", str(c.teacher_voxel_size),
-                     "--device", c.device)
+            self.cli("3D teacher", *teacher_args)
         caches = {"A-train": out / "cache-A-train", "A": out / EVAL_SETS["A"], "B": out / EVAL_SETS["B"],
                   "nyu-train": out / "cache-nyu-train", "nyu": out / EVAL_SETS["nyu"]}
         common = ["--teacher-checkpoint", str(teacher), "--device", c.device]
@@ -445,7 +452,7 @@ class Reproduce:
                 if run.name in PROBED:
                     rec["depth_probe"] = self.probe(run, seed, rdir, caches)
                 results[run.name][str(seed)] = rec
-        teacher_info = {}
+        teacher_info: dict = {}
         sidecar = teacher.parent / (teacher.name + ".json")
         if not sidecar.exists():
             sidecar = teacher.with_suffix(".json")

@@ -95,7 +95,12 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert "$ distill-cache" not in r2.stdout
-    assert json.loads((out / "results.json").read_text())["tables"] == t
+    doc2 = json.loads((out / "results.json").read_text())
+    assert doc2["tables"] == t
+    # reused steps still tell how they were made: the report's command list is the same as the first run's
+    assert all(s["reused"] for s in doc2["steps"])
+    assert [s["command"] for s in doc2["steps"]] == [s["command"] for s in doc["steps"]]
+    assert "distill-cache train-teacher" in (out / "report.md").read_text()
 
 
 def test_claims_pair_students_by_seed():
