@@ -400,7 +400,7 @@ class Reproduce:
         return result
 
     def main(self) -> Path:
-        from pipeline.reproduce_report import summarize, write_report
+        from pipeline.reproduce_report import progress, summarize, write_report
 
         c, out = self.cfg, self.out
         out.mkdir(parents=True, exist_ok=True)
@@ -451,6 +451,7 @@ class Reproduce:
                     rec["eval"][where]["classes"] = {n: v.get("iou") for n, v in r.get("classes", {}).items()}
                 if run.name in PROBED:
                     rec["depth_probe"] = self.probe(run, seed, rdir, caches)
+                rec["train_log"] = train_log_summary(rdir / "log.csv")
                 results[run.name][str(seed)] = rec
         teacher_info: dict = {}
         sidecar = teacher.parent / (teacher.name + ".json")
@@ -458,7 +459,9 @@ class Reproduce:
             sidecar = teacher.with_suffix(".json")
         if sidecar.exists():
             teacher_info = json.loads(sidecar.read_text())
+        total_var = feature_total_variance(caches["A-train"])
         doc = {"config": asdict(c), "seeds": self.seeds, "hardware": hardware(c.device), "teacher": teacher_info,
+               "feature_total_variance": total_var, "progress": progress(results, total_var),
                "runs": {r.name: {"label": r.label, "data": r.data, "flags": list(r.flags), "seeds": results[r.name]}
                         for r in RUNS},
                "tables": summarize(results, RUNS), "steps": [asdict(s) for s in self.steps],
@@ -467,6 +470,39 @@ class Reproduce:
         report = write_report(out, doc)
         print(f"\nreport: {report}\nresults: {out / 'results.json'}")
         return report
+
+
+def train_log_summary(path: Path, tail: float = 0.25) -> dict:
+    """Loss terms from a student's log.csv: the first logged row and the mean over the last `tail` of the rows
+    (single batches are noisy). {} when there is no log."""
+    import csv
+
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("iter", "").isdigit()]
+    if not rows:
+        return {}
+    last = rows[-max(1, math.ceil(len(rows) * tail)):]
+    out: dict = {"iters": int(rows[-1]["iter"])}
+    for key in ("seg", "paired", "depth", "adv_g", "adv_d"):
+        vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+        if vals:
+            end = [float(r[key]) for r in last if r.get(key) not in (None, "")]
+            out[key] = {"first": vals[0], "end": sum(end) / len(end) if end else float("nan")}
+    return out
+
+
+def feature_total_variance(cache: Path) -> float:
+    """Σ over channels of the cache's global feature variance: the L_p of a student that predicts the global mean
+    everywhere, so 1 − L_p / Σvar is the share of the teacher features' variance that f3d_sim explains."""
+    from cache_schema.reader import open_cache
+
+    try:
+        _, var = open_cache(cache).global_stats()
+    except Exception:  # noqa: BLE001 - a diagnostic: no statistics means no row, never a failed report
+        return float("nan")
+    return float(var.sum())
 
 
 def hardware(device: str) -> dict:
