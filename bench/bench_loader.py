@@ -106,7 +106,8 @@ def loader_rate(cache_path: Path, cfg: LoaderConfig, runs: int, *, host: bool = 
 def stage_profile(cache_path: Path, cfg: LoaderConfig) -> dict[str, float]:
     """Where a training-mode frame's time goes on one thread: ms per frame for each stage of the workers path, run
     stage by stage over every frame of the cache (the same functions the loader calls, in the same order; reads are
-    whole blocks, divided by their frames). Explains the loader row; their sum is ~ the single-thread loader cost."""
+    whole blocks, divided by their frames). Explains the loader row; their sum is ~ the single-thread loader cost.
+    Also the size of one ready frame (MB) and the time to merely overwrite its buffers ("write-only floor")."""
     from cache_schema import IGNORE
     from stages.train.loader.augment import warp_image_cv2, warp_labels_cv2
     from stages.train.loader.scatter import output_grid, scatter_frame
@@ -152,7 +153,22 @@ def stage_profile(cache_path: Path, cfg: LoaderConfig) -> dict[str, float]:
             t["scatter"] += t4 - t3
             n += 1
     loader.close()
-    return {k: round(1e3 * v / max(n, 1), 3) for k, v in t.items()}
+    out = {k: round(1e3 * v / max(n, 1), 3) for k, v in t.items()}
+    # the floor under every stage but decode: only writing a ready frame's arrays (float32 image, int64 labels, the
+    # dense float32 features, ...), as memsets of the same buffers; the sum of the stages can't go below it
+    bufs = (img, lab, feat, mask, flab, dep)
+    for buf in bufs:
+        buf.fill(1)
+    reps = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(max(n, 20)):
+            for buf in bufs:
+                buf.fill(0)
+        reps.append((time.perf_counter() - t0) / max(n, 20))
+    out["write-only floor"] = round(1e3 * statistics.median(reps), 3)
+    out["ready-frame MB"] = round(sum(b.nbytes for b in bufs) / 1e6, 2)
+    return out
 
 
 def gpu_rate(cache_path: Path, cfg: LoaderConfig, runs: int, device: str) -> dict:

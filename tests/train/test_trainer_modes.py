@@ -52,6 +52,23 @@ def test_each_mode_trains_with_finite_losses(mode, cache, make_cache, tmp_path):
     assert (ckpt.discriminators is not None) == (mode == "unpaired")
 
 
+def test_tensorboard_events_hold_the_logged_scalars(cache, tmp_path):
+    # CSV and TensorBoard logs; `make install` installs tensorboard (the `tensorboard` extra), so no skip here
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny(**{"log.tensorboard": True, "log.every": 1}), cache, tmp_path / "run")
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/loss", "loss/seg", "loss/paired", "lr", "data_wait_frac", "frames_per_s"} <= tags
+    for tag, column in (("loss/seg", "seg"), ("loss/paired", "paired"), ("lr", "lr")):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [int(r["iter"]) for r in rows] == [1, 2]
+        assert [e.value for e in events] == pytest.approx([float(r[column]) for r in rows], rel=1e-4)
+
+
 def test_paired_loss_sees_covered_cells_only_and_dn1_has_cache_stats(cache, tmp_path):
     from cache_schema import open_cache
 
