@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -459,9 +460,9 @@ class Reproduce:
             sidecar = teacher.with_suffix(".json")
         if sidecar.exists():
             teacher_info = json.loads(sidecar.read_text())
-        total_var = feature_total_variance(caches["A-train"])
+        variance = feature_variance(caches["A-train"])
         doc = {"config": asdict(c), "seeds": self.seeds, "hardware": hardware(c.device), "teacher": teacher_info,
-               "feature_total_variance": total_var, "progress": progress(results, total_var),
+               "feature_variance": variance, "progress": progress(results, variance.get("total", float("nan"))),
                "runs": {r.name: {"label": r.label, "data": r.data, "flags": list(r.flags), "seeds": results[r.name]}
                         for r in RUNS},
                "tables": summarize(results, RUNS), "steps": [asdict(s) for s in self.steps],
@@ -493,16 +494,38 @@ def train_log_summary(path: Path, tail: float = 0.25) -> dict:
     return out
 
 
-def feature_total_variance(cache: Path) -> float:
-    """Σ over channels of the cache's global feature variance: the L_p of a student that predicts the global mean
-    everywhere, so 1 − L_p / Σvar is the share of the teacher features' variance that f3d_sim explains."""
+def feature_variance(cache: Path) -> dict:
+    """How the teacher features' variance splits on a cache: `total` = Σ over channels of the per-channel variance
+    over all covered cells (the L_p of a student that predicts the global mean everywhere, so 1 − L_p / total is the
+    share f3d_sim explains), and `class_explained` = the share a perfect per-class mean (by the 3D point's label)
+    would explain: how much of the teacher's signal is semantic. Streams per scene; {} without features."""
     from cache_schema.reader import open_cache
 
     try:
-        _, var = open_cache(cache).global_stats()
-    except Exception:  # noqa: BLE001 - a diagnostic: no statistics means no row, never a failed report
-        return float("nan")
-    return float(var.sum())
+        reader = open_cache(cache)
+        n_all, s1, s2 = 0, None, 0.0
+        per_class: dict[int, tuple] = {}  # label -> (cells, Σ features, Σ squares)
+        for name in reader.complete_scenes():
+            sc = reader.scene(name)
+            blk = sc.read_block(0, sc.num_frames)
+            f = np.asarray(blk.features, np.float64)
+            if f.size == 0:
+                continue
+            labels = np.asarray(blk.point_labels)
+            n_all += len(f)
+            s1 = f.sum(0) if s1 is None else s1 + f.sum(0)
+            s2 += float((f * f).sum())
+            for k in np.unique(labels):
+                fk = f[labels == k]
+                n, a, b = per_class.get(int(k), (0, 0.0, 0.0))
+                per_class[int(k)] = (n + len(fk), a + fk.sum(0), b + float((fk * fk).sum()))
+    except Exception:  # noqa: BLE001 - a diagnostic: no features or no statistics means no row, never no report
+        return {}
+    if not n_all or s1 is None:
+        return {}
+    total = (s2 - float((s1 * s1).sum()) / n_all) / n_all
+    within = sum(b - float((a * a).sum()) / n for n, a, b in per_class.values()) / n_all
+    return {"total": total, "class_explained": 1.0 - within / total if total > 0 else float("nan"), "cells": n_all}
 
 
 def hardware(device: str) -> dict:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,6 +80,25 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     for row in t["depth_ssim"]:
         assert -1.0 <= row["ssim"]["mean"] <= 1.0 and row["rmse_m"]["mean"] >= 0.0
     assert all(math.isfinite(s["seconds"]) and s["seconds"] > 0 for s in doc["steps"])
+    # the variance split equals the cache's own global statistics and a direct per-class computation
+    from cache_schema import open_cache
+
+    train_cache = open_cache(out / "cache-A-train")
+    _, var = train_cache.global_stats()
+    fv = doc["feature_variance"]
+    assert fv["total"] == pytest.approx(float(var.sum()), rel=1e-6)
+    feats, labels = [], []
+    for name in train_cache.complete_scenes():
+        sc = train_cache.scene(name)
+        blk = sc.read_block(0, sc.num_frames)
+        feats.append(np.asarray(blk.features, np.float64))
+        labels.append(np.asarray(blk.point_labels))
+    f, lab = np.concatenate(feats), np.concatenate(labels)
+    within = sum(((f[lab == k] - f[lab == k].mean(0)) ** 2).sum() for k in np.unique(lab)) / len(f)
+    assert fv["class_explained"] == pytest.approx(1 - within / f.var(0).sum(), abs=1e-9)
+    paired = next(r for r in doc["progress"] if r["run"] == "paired")
+    assert paired["paired"]["end"]["n"] == 1 and "explained" in paired
+    assert "## How far the students got" in (out / "report.md").read_text()
 
     report = (out / "report.md").read_text()
     for heading in ("## Table 2", "## Table 7", "## Table 8", "## §4.5", "## Configuration", "## Hardware",
