@@ -172,16 +172,19 @@ def stage_profile(cache_path: Path, cfg: LoaderConfig) -> dict[str, float]:
 
 
 def gpu_rate(cache_path: Path, cfg: LoaderConfig, runs: int, device: str) -> dict:
-    """Batches/s and frames/s delivered to the GPU: every batch's tensors ready on `device` (synchronized)."""
+    """Batches/s and frames/s delivered to the GPU: every batch's tensors ready on `device` (synchronized). Runs on
+    any device (a test drives it on the CPU with the device-mode loader); the figures mean something on CUDA."""
     import torch
 
     loader = CacheLoader(open_cache(cache_path), cfg, device=device)
+    cuda = torch.device(device).type == "cuda"
 
     def once() -> tuple[float, int]:
         n = nb = 0
         t0 = time.perf_counter()
         for b in loader:
-            torch.cuda.synchronize(device)
+            if cuda:
+                torch.cuda.synchronize(device)
             n += int(b.index.shape[0])
             nb += 1
         dt = time.perf_counter() - t0
@@ -195,11 +198,13 @@ def gpu_rate(cache_path: Path, cfg: LoaderConfig, runs: int, device: str) -> dic
             "gpu_mode": loader.mode, "gpu_nvjpeg": loader.gpu_decode}
 
 
-def trainer_wait(cache_path: Path, device: str, depth: int, iters: int, workers: int) -> dict:
+def trainer_wait(cache_path: Path, device: str, depth: int, iters: int, workers: int, *, batch_size: int = 16,
+                 crop: int = 473) -> dict:
     """The trainer's data-wait fraction on `device` from its own log (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pipeline.cli", "train", "--cache", str(cache_path), "--out", f"{tmp}/run",
-               "--mode", "paired", "--iters", str(iters), "--batch-size", "16", "--crop", "473", "--depth",
+               "--mode", "paired", "--iters", str(iters), "--batch-size", str(batch_size), "--crop", str(crop),
+               "--depth",
                str(depth), "--device", device, "--workers", str(workers), "--checkpoint-every", str(iters),
                "--set", "log.every=10", "--quiet"]
         subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
