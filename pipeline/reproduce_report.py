@@ -185,7 +185,7 @@ and a separate tuning world (seed 7), never on the validation or test rooms of t
    iterations). Distillation does progress with budget, but at 5× it is still far from the 46 % that segmentation
    alone would give; the 3 × 8 students of the tables at that budget would take ~5 h on 2 cores.
 6. **Coverage.** The paper's `pixel` sampling covers 10.6 % of world A's stride-8 cells (9.9 % on the tuning world):
-   at batch 4 and crop 97 a step supervises only ~60 cells. Extracting the tuning world with `--sampling cell`
+   at batch 4 and crop 97 a step supervises only ~70 cells. Extracting the tuning world with `--sampling cell`
    (the nearest point in each 8×8 cell) covers 97.6 %; a paired student trained on it for 300 iterations (batch 4,
    crop 113, seed 0) explained 12 % of the teacher's signal (9 % with pixel sampling) and reached 4.5 mIoU (4.3;
    baseline 5.2). Ten times the supervised cells barely changes what the student can fit, so the paper's sampling
