@@ -232,8 +232,10 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
         overlays.append(p)
     panel = _prediction_panel(out, val, scene, fig_dir)
 
+    from stages.extract.teacher.checkpoint import sidecar_path
+
     arch, teacher_quality = "3D", ""
-    sidecar = teacher.parent / (teacher.name + ".json") if teacher is not None else None
+    sidecar = sidecar_path(teacher) if teacher is not None else None
     if sidecar is not None and sidecar.exists():
         info = json.loads(sidecar.read_text())
         arch = (info.get("config") or {}).get("architecture", arch)

@@ -43,11 +43,11 @@ def teacher_geometry(checkpoint: Path | None, architecture: str | None, voxel_si
     very file (its checkpoint_sha256 matches); a sidecar of other weights is an error rather than a silent guess.
     Without a sidecar: the paper's Res16UNet34C at 2 cm.
     """
-    from stages.extract.teacher.checkpoint import checkpoint_sha256
+    from stages.extract.teacher.checkpoint import checkpoint_sha256, sidecar_path
 
     source = None
     if checkpoint is not None and (architecture is None or voxel_size is None):
-        side = Path(checkpoint).with_name(Path(checkpoint).name + ".json")
+        side = sidecar_path(checkpoint)
         if side.is_file():
             try:
                 meta = json.loads(side.read_text())

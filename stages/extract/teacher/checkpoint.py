@@ -11,6 +11,12 @@ import torch
 from torch import nn
 
 
+def sidecar_path(checkpoint: str | Path) -> Path:
+    """Where `train-teacher` writes a checkpoint's JSON sidecar (config, metrics, sha256): CKPT + ".json"."""
+    path = Path(checkpoint)
+    return path.with_name(path.name + ".json")
+
+
 class CheckpointMismatchError(ValueError):
     """A state_dict that does not fit the network exactly; lists every offending key."""
 

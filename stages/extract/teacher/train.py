@@ -19,7 +19,7 @@ from cache_schema.labels import IGNORE, LabelSpace
 
 from ..formats.records import SceneRecord
 from .backends import get_ops, resolve_backend
-from .checkpoint import checkpoint_sha256, save_teacher_checkpoint
+from .checkpoint import checkpoint_sha256, save_teacher_checkpoint, sidecar_path
 from .network import Res16UNet
 from .sparse import SparseOps
 from .teacher import MAX_STRIDE, TeacherConfig, check_points, prepare_colors
@@ -187,5 +187,5 @@ def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecor
         "history": history, "seconds": time.perf_counter() - t0,
         "val": history[-1].get("val") if history else None,
     }
-    out.with_name(out.name + ".json").write_text(json.dumps(report, indent=2))
+    sidecar_path(out).write_text(json.dumps(report, indent=2))
     return report
