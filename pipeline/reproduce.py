@@ -402,6 +402,7 @@ class Reproduce:
 
     def main(self) -> Path:
         from pipeline.reproduce_report import progress, summarize, write_report
+        from stages.extract.teacher.checkpoint import sidecar_path
 
         c, out = self.cfg, self.out
         out.mkdir(parents=True, exist_ok=True)
@@ -455,9 +456,7 @@ class Reproduce:
                 rec["train_log"] = train_log_summary(rdir / "log.csv")
                 results[run.name][str(seed)] = rec
         teacher_info: dict = {}
-        sidecar = teacher.parent / (teacher.name + ".json")
-        if not sidecar.exists():
-            sidecar = teacher.with_suffix(".json")
+        sidecar = sidecar_path(teacher)
         if sidecar.exists():
             teacher_info = json.loads(sidecar.read_text())
         variance = feature_variance(caches["A-train"])
@@ -503,26 +502,23 @@ def feature_variance(cache: Path) -> dict:
 
     try:
         reader = open_cache(cache)
-        n_all, s1, s2 = 0, None, 0.0
-        per_class: dict[int, tuple] = {}  # label -> (cells, Σ features, Σ squares)
+        per_class: dict[int, tuple] = {}  # label -> (cells, Σ features, Σ squares); the totals are their sums
         for name in reader.complete_scenes():
             sc = reader.scene(name)
             blk = sc.read_block(0, sc.num_frames)
             f = np.asarray(blk.features, np.float64)
-            if f.size == 0:
-                continue
             labels = np.asarray(blk.point_labels)
-            n_all += len(f)
-            s1 = f.sum(0) if s1 is None else s1 + f.sum(0)
-            s2 += float((f * f).sum())
-            for k in np.unique(labels):
+            for k in np.unique(labels) if f.size else ():
                 fk = f[labels == k]
                 n, a, b = per_class.get(int(k), (0, 0.0, 0.0))
                 per_class[int(k)] = (n + len(fk), a + fk.sum(0), b + float((fk * fk).sum()))
     except Exception:  # noqa: BLE001 - a diagnostic: no features or no statistics means no row, never no report
         return {}
-    if not n_all or s1 is None:
+    n_all = sum(n for n, _, _ in per_class.values())
+    if not n_all:
         return {}
+    s1 = sum(a for _, a, _ in per_class.values())
+    s2 = sum(b for _, _, b in per_class.values())
     total = (s2 - float((s1 * s1).sum()) / n_all) / n_all
     within = sum(b - float((a * a).sum()) / n for n, a, b in per_class.values()) / n_all
     return {"total": total, "class_explained": 1.0 - within / total if total > 0 else float("nan"), "cells": n_all}
