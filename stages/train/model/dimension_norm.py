@@ -53,6 +53,19 @@ class _AllReduceSum(torch.autograd.Function):
         return g
 
 
+def _global_moments(t: torch.Tensor, dims: tuple[int, ...], channels: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel mean, biased variance (float64) and value count of ``t`` over ``dims``, summed over all DDP
+    processes; differentiable (the backward all-reduces the gradient too)."""
+    td = t.double()
+    count = td.new_tensor([t.numel() // channels])
+    local = torch.cat([td.sum(dims).reshape(-1), (td * td).sum(dims).reshape(-1), count])
+    stats = _AllReduceSum.apply(local)
+    n = stats[-1]
+    mean = stats[:channels] / n
+    return mean, (stats[channels:2 * channels] / n - mean * mean).clamp_min(0), n
+
+
 class DimensionNorm(nn.Module):
     """DN: batch-normalise ``x`` and re-scale it to target statistics, then apply learnable offsets Δσ, Δμ."""
 
@@ -98,16 +111,10 @@ class DimensionNorm(nn.Module):
         if self.target_channels != 1 and ref.shape[1] != self.target_channels:
             raise ValueError(f"reference has {ref.shape[1]} channels, DimensionNorm tracks {self.target_channels}")
         if self.sync and _distributed():
+            dims = (0, 1, 2, 3) if self.target_channels == 1 else (0, 2, 3)
             with torch.no_grad():
-                dims = (0, 1, 2, 3) if self.target_channels == 1 else (0, 2, 3)
-                r = ref.double()
-                stats = torch.cat([r.sum(dims).reshape(-1), (r * r).sum(dims).reshape(-1),
-                                   r.new_tensor([ref.numel() // self.target_channels])])
-                dist.all_reduce(stats)
-                c = self.target_channels
-                mean = stats[:c] / stats[-1]
-                var = (stats[c:2 * c] / stats[-1] - mean * mean).clamp_min(0)
-                return mean.float(), var.float(), int(stats[-1])
+                mean, var, n = _global_moments(ref, dims, self.target_channels)
+            return mean.float(), var.float(), int(n)
         n = ref.numel() // self.target_channels
         if self.target_channels == 1:
             return ref.mean().reshape(1), ref.var(unbiased=False).reshape(1), n
@@ -118,13 +125,7 @@ class DimensionNorm(nn.Module):
         if not (self.training and self.sync and _distributed()):
             return F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, self.momentum,
                                 self.eps)
-        c = self.num_channels
-        xd = x.double()
-        local = torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), xd.new_tensor([x.numel() // c])])
-        stats = _AllReduceSum.apply(local)  # differentiable: gradients flow to every process's slice
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        mean, var, n = _global_moments(x, (0, 2, 3), self.num_channels)  # gradients reach every process's slice
         with torch.no_grad():
             self.running_mean.lerp_(mean.float(), self.momentum)
             self.running_var.lerp_((var * n / (n - 1).clamp_min(1)).float(), self.momentum)
