@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from .errors import CacheError, FingerprintMismatchError
-from .feature_codec import DEFAULT_FEATURE_DTYPE, FeatureQuantizer, check_feature_dtype
+from .feature_codec import DEFAULT_FEATURE_DTYPE, FeatureQuantizer
 from .layout import SCENES_GROUP, ArraySpec, frame_arrays, grid_shape, stream_arrays
 from .manifest import GlobalStats, Manifest, validate_scene_name
 from .moments import Moments, merge_all
@@ -101,28 +101,20 @@ class SceneSummary:
 class SceneWriter:
     """Writes one scene group. Use as a context manager; `commit()` writes the completion marker last.
 
-    With `feature_dtype="uint8"` the features are stored as the affine uint8 code `quantizer` (one per scene, from
-    the scene's feature range); the moments are still those of the unquantized (float16) features.
+    With a `quantizer` (the manifest's `encoding.features` is uint8; CacheWriter.begin_scene makes it from the scene's
+    feature range) the features are stored as its affine uint8 code; the moments are still those of the unquantized
+    (float16) features.
     """
 
     def __init__(self, group: zarr.Group, name: str, *, height: int, width: int, channels: int, stride: int,
-                 attrs: dict | None = None, feature_dtype: str = DEFAULT_FEATURE_DTYPE,
-                 quantizer: FeatureQuantizer | None = None):
+                 attrs: dict | None = None, quantizer: FeatureQuantizer | None = None):
         self.group, self.name = group, name
         self.height, self.width, self.channels, self.stride = height, width, channels, stride
         self.grid = grid_shape(height, width, stride)
         self.extra_attrs = dict(attrs or {})
-        self.feature_dtype = check_feature_dtype(feature_dtype)
-        if feature_dtype == "uint8":
-            if quantizer is None and channels:
-                raise CacheError(f"scene {name}: the cache stores uint8 features: the scene writer needs the "
-                                 "scene's per-channel feature range (begin_scene(..., feature_range=(min, max)))")
-            if quantizer is None:  # no channels (a 2D-only cache): nothing to quantize
-                quantizer = FeatureQuantizer.from_range(np.zeros(0), np.zeros(0))
-            if quantizer.channels != channels:
-                raise CacheError(f"scene {name}: feature range has {quantizer.channels} channels, the cache {channels}")
-        self.quantizer = quantizer if feature_dtype == "uint8" else None
-        self.streams = {s.name: _Stream(group, s) for s in stream_arrays(height, width, channels, feature_dtype)}
+        self.quantizer = quantizer
+        stored = DEFAULT_FEATURE_DTYPE if quantizer is None else "uint8"
+        self.streams = {s.name: _Stream(group, s) for s in stream_arrays(height, width, channels, stored)}
         self.frame_ids: list[int] = []
         self.poses: list[np.ndarray] = []
         self.intrinsics: list[np.ndarray] = []
@@ -245,16 +237,18 @@ class CacheWriter:
         per-point feature matrix); required when the manifest's `encoding.features` is uint8, unused otherwise.
         """
         validate_scene_name(name)
-        feature_dtype = self.manifest.encoding.features
         quantizer = None
-        if feature_dtype == "uint8" and self.manifest.channels:
-            if feature_range is None:
+        if self.manifest.encoding.features == "uint8":
+            if not self.manifest.channels:  # a 2D-only cache: nothing to quantize
+                quantizer = FeatureQuantizer.from_range(np.zeros(0), np.zeros(0))
+            elif feature_range is None:
                 raise CacheError(f"scene {name}: the cache stores uint8 features: begin_scene needs the scene's "
                                  "per-channel feature_range=(min, max)")
-            quantizer = FeatureQuantizer.from_range(*feature_range, where=f"scene {name}")
-            if quantizer.channels != self.manifest.channels:
-                raise CacheError(f"scene {name}: feature_range has {quantizer.channels} channels, the cache "
-                                 f"{self.manifest.channels}")
+            else:
+                quantizer = FeatureQuantizer.from_range(*feature_range, where=f"scene {name}")
+                if quantizer.channels != self.manifest.channels:
+                    raise CacheError(f"scene {name}: feature_range has {quantizer.channels} channels, the cache "
+                                     f"{self.manifest.channels}")
         if name not in self.manifest.dataset.scenes:
             raise CacheError(f"scene {name} is not in this cache's scene list")
         status = self.scene_status(name)
@@ -267,8 +261,7 @@ class CacheWriter:
         group.attrs.put({"scene": name, "complete": False, "writer": {"host": socket.gethostname(),
                                                                         "pid": os.getpid(), "started": time.time()}})
         return SceneWriter(group, name, height=height, width=width, channels=self.manifest.channels,
-                           stride=self.manifest.projection.stride, attrs=attrs, feature_dtype=feature_dtype,
-                           quantizer=quantizer)
+                           stride=self.manifest.projection.stride, attrs=attrs, quantizer=quantizer)
 
     def finalize_stats(self) -> GlobalStats | None:
         """Merge the per-scene moments of every complete scene into the root's global statistics."""
