@@ -30,8 +30,10 @@ def _layouts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
 @click.argument("kind", type=click.Choice(["scannet", "s3dis", "nyu"]), metavar="{scannet,s3dis,nyu}")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--scenes", type=click.IntRange(min=1), default=2, show_default=True, help="Number of rooms.")
-@click.option("--frames", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Frames (camera positions) per room.")
+@click.option("--frames", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Frames (camera positions) per room. 0 (scannet): 3D-only scans — meshes and their labels, "
+                   "no .sens — every one listed in scannetv2_train.txt: extra rooms for a teacher "
+                   "(`train-teacher --extra-root`).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="World seed: the same seed gives byte-identical geometry, poses and images.")
 @click.option("--size", callback=_size, default=None, metavar="WxH",
@@ -60,6 +62,7 @@ def command(kind: str, out: Path, scenes: int, frames: int, seed: int, size: tup
       distill-cache synth scannet data/scannet --scenes 4 --frames 30 --size 320x240
       distill-cache synth s3dis data/s3dis --scenes 6 --frames 10 --size 256x256
       distill-cache synth nyu data/nyu --scenes 10 --frames 8 --size 160x120 --style b
+      distill-cache synth scannet data/rooms3d --scenes 200 --frames 0 --seed 1000   # a 3D repository
     """
     from stages.extract.synthetic.world import generate_world
 

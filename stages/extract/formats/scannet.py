@@ -529,6 +529,8 @@ def write_scannet_scan(root, name: str, mesh: MeshRecord, frames: Iterable[Frame
     write_mesh_ply(scan / files["mesh"], mesh)
     write_labels_ply(scan / files["labels"], mesh)
     write_aggregation(scan / files["aggregation"], scan / files["segs"], mesh, table, name)
+    if not layouts:  # a 3D-only scan (a teacher's extra rooms): plys and annotation, no frames, no .sens
+        return
 
     it = iter(frames)
     first = next(it, None)

@@ -181,15 +181,18 @@ def generate_world(kind: str, out: str | Path, *, scenes: int, frames: int, seed
     """Generate `scenes` rooms with `frames` frames each and write them in the `kind` dataset's format at `out`."""
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
-    if scenes < 1 or frames < 1:
-        raise ValueError(f"need at least one scene and one frame, got scenes={scenes} frames={frames}")
+    if scenes < 1 or frames < 0:
+        raise ValueError(f"need at least one scene and no negative frame count, got scenes={scenes} frames={frames}")
+    if frames == 0 and kind != "scannet":
+        raise ValueError("frames=0 (3D-only scans, extra rooms for a teacher) is written for scannet only")
     st = get_style(style)
     camera = camera_setup(kind, size)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = WorldSummary(kind=kind, root=root, scenes=[], frames=0, vertices=0)
-    bar = tqdm(total=scenes * frames, desc=f"synth {kind}", unit="frame", disable=not progress, leave=False)
+    bar = tqdm(total=scenes * max(frames, 1), desc=f"synth {kind}", unit="frame" if frames else "scene",
+               disable=not progress, leave=False)
     try:
         writer = {"scannet": _write_scannet, "s3dis": _write_s3dis, "nyu": _write_nyu}[kind]
         writer(root, summary, bar, scenes=scenes, frames=frames, seed=seed, style=st, camera=camera,
@@ -227,13 +230,16 @@ def _write_scannet(root: Path, summary: WorldSummary, bar: tqdm, *, scenes: int,
     rows = scannet.synthetic_label_table()
     scannet.write_label_table(root / LABEL_TABLE_NAME, rows)
     for index in range(scenes):
-        scene = make_scene(seed, index, frames=frames, style=style)
+        scene = make_scene(seed, index, frames=max(frames, 1), style=style)
         mesh = scene.mesh(vertex_spacing)
-        recs, _ = _render_all(scene, camera, summary, bar)
-        scannet.write_scannet_scan(root, scene.name, mesh, recs, table_rows=rows, layouts=layouts)
+        recs = _render_all(scene, camera, summary, bar)[0] if frames else []
+        scannet.write_scannet_scan(root, scene.name, mesh, recs, table_rows=rows, layouts=layouts if frames else ())
         summary.scenes.append(scene.name)
         summary.vertices += len(mesh.vertices)
-    train, val = _split(summary.scenes)
+        if not frames:
+            bar.update(1)
+    # a 3D-only world is a repository of training scans for a teacher: every scene is a training scene
+    train, val = _split(summary.scenes) if frames else (summary.scenes, [])
     (root / "scannetv2_train.txt").write_text("".join(f"{n}\n" for n in train))
     (root / "scannetv2_val.txt").write_text("".join(f"{n}\n" for n in val))
     summary.splits = {"train": train, "val": val}
