@@ -35,6 +35,9 @@ class ModelConfig:
     aux: bool = True  # PSPNet's auxiliary head on layer3
     pretrained: str | None = None  # path of an ImageNet deep-stem ResNet state_dict (never downloaded)
     sync_bn: bool = True  # DDP: DN statistics all-reduced on any backend; BN -> SyncBatchNorm on CUDA only
+    # multiplier of every PSPNet width (backbone stem and planes, f2d, aux head; multiples of 8): a CPU run keeps
+    # the architecture at ~width² of the cost. 1.0 is the paper's network and the only width ImageNet weights fit
+    width: float = 1.0
 
 
 @dataclass
@@ -113,6 +116,9 @@ class TrainConfig:
             (self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}"),
             (self.model.depth in (18, 34, 50, 101), f"model.depth must be 18/34/50/101, got {self.model.depth}"),
             (self.model.norm in ("dn", "bn"), f"model.norm must be 'dn' or 'bn', got {self.model.norm!r}"),
+            (self.model.width > 0, f"model.width must be > 0, got {self.model.width}"),
+            (self.model.pretrained is None or self.model.width == 1.0,
+             f"model.pretrained (ImageNet weights) fits only model.width 1.0, got width {self.model.width}"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto/bf16/fp16/off, got {self.amp!r}"),
             (self.data.batch_size >= 1, f"data.batch_size must be >= 1, got {self.data.batch_size}"),
             (self.data.crop >= 16, f"data.crop must be >= 16, got {self.data.crop}"),

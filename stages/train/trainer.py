@@ -172,7 +172,7 @@ def student_config_for(cfg: TrainConfig, num_classes: int, feature_channels: int
         depth=cfg.model.depth, num_classes=num_classes,
         feature_channels=0 if mode == "baseline" else feature_channels,
         norm=cfg.model.norm, aux=cfg.model.aux, multitask_depth=mode == "multitask",
-        pretrained=Path(cfg.model.pretrained) if cfg.model.pretrained else None)
+        pretrained=Path(cfg.model.pretrained) if cfg.model.pretrained else None, width=cfg.model.width)
 
 
 def student_config_to_json(sc: StudentConfig) -> str:
@@ -573,8 +573,9 @@ class Trainer:
         lr = self._set_lr()
         try:
             if self.env.is_main:
-                self.echo(f"training {cfg.mode} PSPNet-{cfg.model.depth} ({self.label_space.num_classes} classes) "
-                          f"on {self.device} x{self.env.world_size}: iterations {self.iteration}->{stop} of "
+                width = "" if self.student_config.width == 1.0 else f" width {self.student_config.width:g}"
+                self.echo(f"training {cfg.mode} PSPNet-{cfg.model.depth}{width} ({self.label_space.num_classes} "
+                          f"classes) on {self.device} x{self.env.world_size}: iterations {self.iteration}->{stop} of "
                           f"{self.total_iters}, {len(self.loader)} batches/epoch, run dir {self.out}")
             while self.iteration < stop:
                 t0 = time.perf_counter()

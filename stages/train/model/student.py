@@ -18,6 +18,8 @@ released code reads the wider pyramid-pooling context instead; that costs +42 % 
 a few % here, and the paper is what we follow). At inference the branch needs no 3D input: f3d_sim comes
 from the image.
 
+- ``width``: a multiplier of PSPNet's widths (backbone, f2d, auxiliary head; the numbers above are width 1.0's)
+  for cheap CPU runs of the same architecture; the branch's output stays C3D, the cached features' channels.
 - ``feature_channels=0``: the PSPNet baseline, no branch.
 - ``norm="bn"``: BatchNorm in place of both DNs, convolutions kept (Table 7 ablation).
 - ``multitask_depth=True``: the Multitask baseline of Table 2 / Figure 4(a): the same branch predicts one channel
@@ -50,12 +52,15 @@ class StudentConfig:
     aux: bool = True
     multitask_depth: bool = False
     pretrained: Path | None = None  # ImageNet deep-stem ResNet state_dict; None = random init
+    width: float = 1.0  # multiplier of the backbone, f2d and aux widths (pspnet.py); 1.0 = the paper's
 
     def __post_init__(self) -> None:
         if self.norm not in ("dn", "bn"):
             raise ValueError(f"norm must be 'dn' or 'bn', got {self.norm!r}")
         if self.feature_channels < 0:
             raise ValueError(f"feature_channels must be >= 0, got {self.feature_channels}")
+        if not self.width > 0:
+            raise ValueError(f"width must be > 0, got {self.width}")
 
     @property
     def has_branch(self) -> bool:
@@ -66,7 +71,7 @@ class StudentConfig:
 class StudentOutput:
     logits: torch.Tensor  # (B, K, H, W)
     aux_logits: torch.Tensor | None  # (B, K, H, W), training mode with aux only
-    f2d: torch.Tensor  # (B, 512, H/8, W/8)
+    f2d: torch.Tensor  # (B, 512·width, H/8, W/8)
     f3d_sim: torch.Tensor | None  # (B, C3D, H/8, W/8), None for the baseline and the Multitask model
     depth: torch.Tensor | None = None  # (B, 1, H/8, W/8), Multitask model only
 
@@ -124,7 +129,7 @@ class Student(nn.Module):
         else:
             hidden = out = config.feature_channels
         self.pspnet = PSPNet(config.depth, config.num_classes, extra_channels=out if config.has_branch else 0,
-                             aux=config.aux)
+                             aux=config.aux, width=config.width)
         self.branch = DistillationBranch(
             self.pspnet.f2d_channels, hidden, hidden, out,
             "bn" if config.multitask_depth else config.norm) if config.has_branch else None
