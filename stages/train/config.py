@@ -38,6 +38,9 @@ class ModelConfig:
     # multiplier of every PSPNet width (backbone stem and planes, f2d, aux head; multiples of 8): a CPU run keeps
     # the architecture at ~width² of the cost. 1.0 is the paper's network and the only width ImageNet weights fit
     width: float = 1.0
+    # conv: Conv3 of Figure 3 (3x3 conv+BN+ReLU over concat(f2d, calibrated f3d_sim)) before the classifier, as
+    # the authors' release does | linear: the concatenation goes straight to dropout + the 1x1 classifier
+    fusion: str = "conv"
 
 
 @dataclass
@@ -117,6 +120,7 @@ class TrainConfig:
             (self.model.depth in (18, 34, 50, 101), f"model.depth must be 18/34/50/101, got {self.model.depth}"),
             (self.model.norm in ("dn", "bn"), f"model.norm must be 'dn' or 'bn', got {self.model.norm!r}"),
             (self.model.width > 0, f"model.width must be > 0, got {self.model.width}"),
+            (self.model.fusion in ("conv", "linear"), f"model.fusion must be conv|linear, got {self.model.fusion!r}"),
             (self.model.pretrained is None or self.model.width == 1.0,
              f"model.pretrained (ImageNet weights) fits only model.width 1.0, got width {self.model.width}"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto/bf16/fp16/off, got {self.amp!r}"),

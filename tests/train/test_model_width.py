@@ -37,8 +37,9 @@ def test_width_rounds_to_multiples_of_eight() -> None:
     (0, 370, 49069258, "d1ef6968105aea3d"),
 ])
 def test_width_one_is_the_unscaled_model(feature_channels: int, n_keys: int, n_params: int, digest: str) -> None:
-    # key/shape digests of the PSPNet-50 students as they were before the width multiplier existed
-    s = _meta_student(depth=50, feature_channels=feature_channels, width=1.0)
+    # key/shape digests of the PSPNet-50 students as they were before the width multiplier existed (whose head
+    # is today's fusion="linear")
+    s = _meta_student(depth=50, feature_channels=feature_channels, width=1.0, fusion="linear")
     items = sorted((k, tuple(v.shape)) for k, v in s.state_dict().items())
     assert (len(items), _params(s)) == (n_keys, n_params)
     assert hashlib.sha256(repr(items).encode()).hexdigest()[:16] == digest

@@ -3,13 +3,16 @@
 Shapes for a (B, 3, H, W) image, h = ceil(H/8), w = ceil(W/8), C3D = ``feature_channels`` (the cache's
 teacher channels, e.g. 96), Cppm = 4096 (ResNet-50/101) or 1024 (18/34):
 
-    context (B,Cppm,h,w) ─► 3x3 conv+BN+ReLU ─► f2d (B,512,h,w) ───────────────────────────┐
-                                                   │                                        concat (B,512+C3D,h,w)
-                                                   └► Conv1: 3x3 conv(512→C3D)+BN+ReLU,     │ ─► classifier ─► logits
-                                                      1x1 conv(C3D→C3D)                     │
-            ─► DN1 (target μ̄3D, σ̄3D: the cache's global statistics)                         │    (B,K,H,W)
-            ─► Conv2: 3x3 conv(C3D→C3D)+BN+ReLU, 1x1 conv(C3D→C3D) ─► f3d_sim (B,C3D,h,w)    │
-            ─► DN2 (target μ̄2D, σ̄2D: statistics of f2d, pooled over its channels) ─────────┘
+    context (B,Cppm,h,w) ─► 3x3 conv+BN+ReLU ─► f2d (B,512,h,w) ─────────────────────────────┐
+                                                   │                                          │
+                                                   └► Conv1: 3x3 conv(512→C3D)+BN+ReLU,       │
+                                                      1x1 conv(C3D→C3D)                       │
+            ─► DN1 (target μ̄3D, σ̄3D: the cache's global statistics)                           │
+            ─► Conv2: 3x3 conv(C3D→C3D)+BN+ReLU, 1x1 conv(C3D→C3D) ─► f3d_sim (B,C3D,h,w)      │
+            ─► DN2 (target μ̄2D, σ̄2D: statistics of f2d, pooled over its channels)              │
+            ─► concat with f2d (B,512+C3D,h,w) ◄─────────────────────────────────────────────────┘
+            ─► Conv3: 3x3 conv(512+C3D→512)+BN+ReLU            (``fusion="conv"``; "linear" skips it)
+            ─► Dropout(0.1), 1x1 conv ─► logits (B,K,H,W)
 
 ``f3d_sim`` (before DN2) is what the paired L2 loss (Eq. 1) and the adversarial loss (Eq. 3-4) see; DN2 only
 calibrates it for concatenation, without convolution ("its structure follows that of DN1, except that we do not
@@ -18,6 +21,10 @@ released code reads the wider pyramid-pooling context instead; that costs +42 % 
 a few % here, and the paper is what we follow). At inference the branch needs no 3D input: f3d_sim comes
 from the image.
 
+- ``fusion``: Figure 3 names Conv1 to Conv3 while the text describes only Conv1 and Conv2; the authors' release
+  fuses the concatenation with a 3x3 conv+BN+ReLU before the classifier, our Conv3 (``"conv"``, the default).
+  ``"linear"`` feeds the concatenation straight to dropout and the 1x1 classifier, so the calibrated f3d_sim
+  reaches the logits only linearly (the model before issue #14; checkpoints without the field are that model).
 - ``width``: a multiplier of PSPNet's widths (backbone, f2d, auxiliary head; the numbers above are width 1.0's)
   for cheap CPU runs of the same architecture; the branch's output stays C3D, the cached features' channels.
 - ``feature_channels=0``: the PSPNet baseline, no branch.
@@ -53,6 +60,7 @@ class StudentConfig:
     multitask_depth: bool = False
     pretrained: Path | None = None  # ImageNet deep-stem ResNet state_dict; None = random init
     width: float = 1.0  # multiplier of the backbone, f2d and aux widths (pspnet.py); 1.0 = the paper's
+    fusion: Literal["conv", "linear"] = "conv"  # Conv3 over concat(f2d, calibrated f3d_sim), or none
 
     def __post_init__(self) -> None:
         if self.norm not in ("dn", "bn"):
@@ -61,6 +69,8 @@ class StudentConfig:
             raise ValueError(f"feature_channels must be >= 0, got {self.feature_channels}")
         if not self.width > 0:
             raise ValueError(f"width must be > 0, got {self.width}")
+        if self.fusion not in ("conv", "linear"):
+            raise ValueError(f"fusion must be 'conv' or 'linear', got {self.fusion!r}")
 
     @property
     def has_branch(self) -> bool:
@@ -82,7 +92,7 @@ class ModelCost:
 
     image_size: tuple[int, int]
     params: int
-    params_branch: int  # branch + the classifier's extra input columns
+    params_branch: int  # branch + what concatenating its output adds: Conv3, or the classifier's extra columns
     macs: int
     macs_branch: int
 
@@ -129,7 +139,7 @@ class Student(nn.Module):
         else:
             hidden = out = config.feature_channels
         self.pspnet = PSPNet(config.depth, config.num_classes, extra_channels=out if config.has_branch else 0,
-                             aux=config.aux, width=config.width)
+                             aux=config.aux, width=config.width, fuse=config.fusion == "conv")
         self.branch = DistillationBranch(
             self.pspnet.f2d_channels, hidden, hidden, out,
             "bn" if config.multitask_depth else config.norm) if config.has_branch else None
@@ -176,8 +186,10 @@ class Student(nn.Module):
             model = Student(replace(self.config, pretrained=None)).eval()
         deployed = [(n, p) for n, p in model.named_parameters() if not n.startswith("pspnet.aux_head")]
         params = sum(p.numel() for _, p in deployed)
-        params_branch = sum(p.numel() for n, p in deployed if n.startswith("branch."))
-        extra = model.pspnet.extra_channels * self.config.num_classes
+        added = ("branch.", "pspnet.fusion.")  # what distillation adds to PSPNet (the baseline has neither)
+        params_branch = sum(p.numel() for n, p in deployed if n.startswith(added))
+        # without Conv3 the branch widens the 1x1 classifier instead: its extra input columns
+        extra = model.pspnet.extra_channels * self.config.num_classes if model.pspnet.fusion is None else 0
         macs = {"total": 0, "branch": 0}
 
         def count(name: str):
@@ -185,7 +197,7 @@ class Student(nn.Module):
                 per_out = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
                 n = out.numel() // out.shape[0] * per_out
                 macs["total"] += n
-                if name.startswith("branch."):
+                if name.startswith(added):
                     macs["branch"] += n
             return hook
 
