@@ -41,6 +41,9 @@ class ModelConfig:
     # conv: Conv3 of Figure 3 (3x3 conv+BN+ReLU over concat(f2d, calibrated f3d_sim)) before the classifier, as
     # the authors' release does | linear: the concatenation goes straight to dropout + the 1x1 classifier
     fusion: str = "conv"
+    # f2d: Conv1 reads f2d, the 2D feature the paper's text and Figure 2 give the branch | ppm: it reads the
+    # pyramid-pooling context with a 512-wide first conv, as the authors' release does (+42 % MACs at PSPNet-50)
+    branch_input: str = "f2d"
 
 
 @dataclass
@@ -121,6 +124,8 @@ class TrainConfig:
             (self.model.norm in ("dn", "bn"), f"model.norm must be 'dn' or 'bn', got {self.model.norm!r}"),
             (self.model.width > 0, f"model.width must be > 0, got {self.model.width}"),
             (self.model.fusion in ("conv", "linear"), f"model.fusion must be conv|linear, got {self.model.fusion!r}"),
+            (self.model.branch_input in ("f2d", "ppm"),
+             f"model.branch_input must be f2d|ppm, got {self.model.branch_input!r}"),
             (self.model.pretrained is None or self.model.width == 1.0,
              f"model.pretrained (ImageNet weights) fits only model.width 1.0, got width {self.model.width}"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto/bf16/fp16/off, got {self.amp!r}"),

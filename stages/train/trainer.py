@@ -173,7 +173,7 @@ def student_config_for(cfg: TrainConfig, num_classes: int, feature_channels: int
         feature_channels=0 if mode == "baseline" else feature_channels,
         norm=cfg.model.norm, aux=cfg.model.aux, multitask_depth=mode == "multitask",
         pretrained=Path(cfg.model.pretrained) if cfg.model.pretrained else None, width=cfg.model.width,
-        fusion=cfg.model.fusion)
+        fusion=cfg.model.fusion, branch_input=cfg.model.branch_input)
 
 
 def student_config_to_json(sc: StudentConfig) -> str:

@@ -54,20 +54,45 @@ def test_fusion_decides_whether_f3d_sim_reaches_the_logits_linearly(fusion: str)
     assert additive == (fusion == "linear")
 
 
+def test_branch_input_ppm_reads_the_context_with_a_512_wide_conv1() -> None:
+    f2d, ppm = make(branch_input="f2d"), make(branch_input="ppm")
+    assert ppm.pspnet.ppm.out_channels == 1024  # ResNet-18: 512 + 4 x 128
+    conv1 = ppm.branch.conv1
+    assert (conv1[0][0].in_channels, conv1[0][0].out_channels, conv1[1].out_channels) == (1024, 512, C3D)
+    assert (f2d.branch.conv1[0][0].in_channels, f2d.branch.conv1[0][0].out_channels) == (512, C3D)
+    conv1_ppm = 1024 * 512 * 9 + 2 * 512 + 512 * C3D + C3D
+    conv1_f2d = 512 * C3D * 9 + 2 * C3D + C3D * C3D + C3D
+    assert n_params(ppm) - n_params(f2d) == conv1_ppm - conv1_f2d
+    assert make(branch_input="ppm", width=0.5).branch.conv1[0][0].out_channels == 256  # 512 x width
+    mt = make(branch_input="ppm", multitask_depth=True, feature_channels=0)
+    assert mt(torch.randn(2, 3, 33, 33)).depth.shape == (2, 1, 5, 5)
+
+
+@pytest.mark.parametrize("branch_input", ["f2d", "ppm"])
+def test_branch_input_decides_what_f3d_sim_depends_on(branch_input: str) -> None:
+    s = make(branch_input=branch_input).eval()
+    fixed = torch.randn(2, 512, 5, 5)
+    s.pspnet.bottleneck.register_forward_hook(lambda _m, _i, _o: fixed)  # f2d no longer depends on the image
+    with torch.no_grad():
+        a, b = (s(torch.randn(2, 3, 33, 33)).f3d_sim for _ in range(2))
+    assert torch.equal(a, b) == (branch_input == "f2d")
+
+
 def test_checkpoints_without_the_new_fields_rebuild_their_model() -> None:
     # a student_config_json and config_json as written before width/fusion existed
     old_student = json.dumps({"aux": True, "depth": 18, "feature_channels": C3D, "multitask_depth": False,
                               "norm": "dn", "num_classes": K, "pretrained": None}, sort_keys=True)
     old_cfg = load_config().to_dict()
-    for key in ("width", "fusion"):
+    for key in ("width", "fusion", "branch_input"):
         del old_cfg["model"][key]
     state = make(fusion="linear").state_dict()  # the pre-issue-14 model's layout (see test_model_width)
     sc = student_config_from_json(old_student)
-    assert (sc.fusion, sc.width) == ("linear", 1.0)
+    assert (sc.fusion, sc.width, sc.branch_input) == ("linear", 1.0, "f2d")
     Student(sc).load_state_dict(state)  # strict
     ckpt = Checkpoint(iteration=1, total_iters=2, config_json=json.dumps(old_cfg), student_config_json=old_student,
                       model=state)
-    assert checkpoint_train_config(ckpt).model.fusion == "linear"
+    model = checkpoint_train_config(ckpt).model
+    assert (model.fusion, model.branch_input) == ("linear", "f2d")
     new = make()
     assert student_config_from_json(json.dumps({**json.loads(old_student), "fusion": "conv"})).fusion == "conv"
     with pytest.raises(RuntimeError, match="fusion"):

@@ -1,12 +1,13 @@
 """The student: PSPNet with the 3D-to-2D distillation branch (paper Figure 2, orange; Figure 3).
 
 Shapes for a (B, 3, H, W) image, h = ceil(H/8), w = ceil(W/8), C3D = ``feature_channels`` (the cache's
-teacher channels, e.g. 96), Cppm = 4096 (ResNet-50/101) or 1024 (18/34):
+teacher channels, e.g. 96), Cppm = 4096 (ResNet-50/101) or 1024 (18/34), and M, Conv1's width, = C3D when the
+branch reads f2d or 512 when it reads the pyramid-pooling context:
 
     context (B,Cppm,h,w) ─► 3x3 conv+BN+ReLU ─► f2d (B,512,h,w) ─────────────────────────────┐
-                                                   │                                          │
-                                                   └► Conv1: 3x3 conv(512→C3D)+BN+ReLU,       │
-                                                      1x1 conv(C3D→C3D)                       │
+       │ branch_input="ppm"                       │ branch_input="f2d" (the default)          │
+       └──────────────────────────────────────────┴► Conv1: 3x3 conv(→M)+BN+ReLU,             │
+                                                      1x1 conv(M→C3D)                         │
             ─► DN1 (target μ̄3D, σ̄3D: the cache's global statistics)                           │
             ─► Conv2: 3x3 conv(C3D→C3D)+BN+ReLU, 1x1 conv(C3D→C3D) ─► f3d_sim (B,C3D,h,w)      │
             ─► DN2 (target μ̄2D, σ̄2D: statistics of f2d, pooled over its channels)              │
@@ -16,11 +17,13 @@ teacher channels, e.g. 96), Cppm = 4096 (ResNet-50/101) or 1024 (18/34):
 
 ``f3d_sim`` (before DN2) is what the paired L2 loss (Eq. 1) and the adversarial loss (Eq. 3-4) see; DN2 only
 calibrates it for concatenation, without convolution ("its structure follows that of DN1, except that we do not
-need any additional convolutional layer"). The branch reads f2d, the 2D feature of Figure 2 (the authors'
-released code reads the wider pyramid-pooling context instead; that costs +42 % MACs for ResNet-50 against
-a few % here, and the paper is what we follow). At inference the branch needs no 3D input: f3d_sim comes
-from the image.
+need any additional convolutional layer"). At inference the branch needs no 3D input: f3d_sim comes from the
+image.
 
+- ``branch_input``: where Conv1 reads. ``"f2d"`` (the default) is the paper's text: Figure 2 draws the branch from
+  the 2D feature f2d and DN1 "transform[s] the input 2D feature". ``"ppm"`` is the authors' release: Conv1 reads
+  the pyramid-pooling context with a 512-wide 3x3 conv. On PSPNet-50 at 473² the branch adds 42 % to the MACs
+  reading the context against 1.2 % reading f2d (Conv3 adds another 6 % either way).
 - ``fusion``: Figure 3 names Conv1 to Conv3 while the text describes only Conv1 and Conv2; the authors' release
   fuses the concatenation with a 3x3 conv+BN+ReLU before the classifier, our Conv3 (``"conv"``, the default).
   ``"linear"`` feeds the concatenation straight to dropout and the 1x1 classifier, so the calibrated f3d_sim
@@ -45,7 +48,7 @@ from torch import nn
 
 from stages.train.model.dimension_norm import DimensionNorm
 from stages.train.model.pspnet import PSPNet, conv_bn_relu
-from stages.train.model.resnet import load_pretrained
+from stages.train.model.resnet import load_pretrained, scaled_width
 
 MULTITASK_HIDDEN = 96  # branch width of the Multitask baseline when the cache has no features
 
@@ -61,6 +64,7 @@ class StudentConfig:
     pretrained: Path | None = None  # ImageNet deep-stem ResNet state_dict; None = random init
     width: float = 1.0  # multiplier of the backbone, f2d and aux widths (pspnet.py); 1.0 = the paper's
     fusion: Literal["conv", "linear"] = "conv"  # Conv3 over concat(f2d, calibrated f3d_sim), or none
+    branch_input: Literal["f2d", "ppm"] = "f2d"  # Conv1 reads f2d (the paper's text) or the PPM context (release)
 
     def __post_init__(self) -> None:
         if self.norm not in ("dn", "bn"):
@@ -71,6 +75,8 @@ class StudentConfig:
             raise ValueError(f"width must be > 0, got {self.width}")
         if self.fusion not in ("conv", "linear"):
             raise ValueError(f"fusion must be 'conv' or 'linear', got {self.fusion!r}")
+        if self.branch_input not in ("f2d", "ppm"):
+            raise ValueError(f"branch_input must be 'f2d' or 'ppm', got {self.branch_input!r}")
 
     @property
     def has_branch(self) -> bool:
@@ -140,9 +146,12 @@ class Student(nn.Module):
             hidden = out = config.feature_channels
         self.pspnet = PSPNet(config.depth, config.num_classes, extra_channels=out if config.has_branch else 0,
                              aux=config.aux, width=config.width, fuse=config.fusion == "conv")
+        if config.branch_input == "ppm":  # the release: a 512-wide Conv1 over the wide context
+            source, mid = self.pspnet.ppm.out_channels, scaled_width(512, config.width)
+        else:
+            source, mid = self.pspnet.f2d_channels, hidden
         self.branch = DistillationBranch(
-            self.pspnet.f2d_channels, hidden, hidden, out,
-            "bn" if config.multitask_depth else config.norm) if config.has_branch else None
+            source, mid, hidden, out, "bn" if config.multitask_depth else config.norm) if config.has_branch else None
         if config.pretrained is not None:
             load_pretrained(self.pspnet.backbone, config.pretrained)
 
@@ -168,7 +177,8 @@ class Student(nn.Module):
         feats = self.pspnet.encode(image)
         f3d_sim = calibrated = depth = None
         if self.branch is not None:
-            sim, calibrated = self.branch(feats.f2d, feats.f2d)
+            source = feats.context if self.config.branch_input == "ppm" else feats.f2d
+            sim, calibrated = self.branch(source, feats.f2d)
             if self.config.multitask_depth:
                 depth = sim
             else:
