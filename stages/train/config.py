@@ -44,6 +44,9 @@ class ModelConfig:
     # f2d: Conv1 reads f2d, the 2D feature the paper's text and Figure 2 give the branch | ppm: it reads the
     # pyramid-pooling context with a 512-wide first conv, as the authors' release does (+42 % MACs at PSPNet-50)
     branch_input: str = "f2d"
+    # Conv2 ends with a ReLU: the paper does not say; the teacher's cached features (block8) are post-ReLU, so >= 0,
+    # and the release ends Conv2 with a ReLU, so true. false: a plain 1x1 conv (f3d_sim may go negative)
+    conv2_relu: bool = True
 
 
 @dataclass

@@ -173,7 +173,7 @@ def student_config_for(cfg: TrainConfig, num_classes: int, feature_channels: int
         feature_channels=0 if mode == "baseline" else feature_channels,
         norm=cfg.model.norm, aux=cfg.model.aux, multitask_depth=mode == "multitask",
         pretrained=Path(cfg.model.pretrained) if cfg.model.pretrained else None, width=cfg.model.width,
-        fusion=cfg.model.fusion, branch_input=cfg.model.branch_input)
+        fusion=cfg.model.fusion, branch_input=cfg.model.branch_input, conv2_relu=cfg.model.conv2_relu)
 
 
 def student_config_to_json(sc: StudentConfig) -> str:
@@ -184,7 +184,7 @@ def student_config_to_json(sc: StudentConfig) -> str:
 
 # Model settings added after checkpoints were first written, each with the value such a checkpoint was trained
 # with where today's default differs: a checkpoint that lacks the key rebuilds the model it holds.
-LEGACY_MODEL_SETTINGS: dict[str, Any] = {"fusion": "linear"}
+LEGACY_MODEL_SETTINGS: dict[str, Any] = {"fusion": "linear", "conv2_relu": False}
 
 
 def student_config_from_json(text: str) -> StudentConfig:

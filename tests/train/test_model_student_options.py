@@ -78,21 +78,33 @@ def test_branch_input_decides_what_f3d_sim_depends_on(branch_input: str) -> None
     assert torch.equal(a, b) == (branch_input == "f2d")
 
 
+def test_conv2_relu_makes_f3d_sim_non_negative_like_the_teacher_features() -> None:
+    relu, plain = make(conv2_relu=True), make(conv2_relu=False)
+    assert isinstance(relu.branch.conv2[-1], torch.nn.ReLU) and isinstance(plain.branch.conv2[-1], torch.nn.Conv2d)
+    assert {k: v.shape for k, v in relu.state_dict().items()} == {k: v.shape for k, v in plain.state_dict().items()}
+    x = torch.randn(2, 3, 33, 33)
+    a, b = relu(x).f3d_sim, plain(x).f3d_sim
+    assert a.min() >= 0 and b.min() < 0
+    assert torch.equal(a, b.clamp_min(0))  # same weights (same seed): the ReLU is the only difference
+    depth = make(conv2_relu=True, multitask_depth=True, feature_channels=0)
+    assert isinstance(depth.branch.conv2[-1], torch.nn.Conv2d)  # Multitask's depth regression stays linear
+
+
 def test_checkpoints_without_the_new_fields_rebuild_their_model() -> None:
     # a student_config_json and config_json as written before width/fusion existed
     old_student = json.dumps({"aux": True, "depth": 18, "feature_channels": C3D, "multitask_depth": False,
                               "norm": "dn", "num_classes": K, "pretrained": None}, sort_keys=True)
     old_cfg = load_config().to_dict()
-    for key in ("width", "fusion", "branch_input"):
+    for key in ("width", "fusion", "branch_input", "conv2_relu"):
         del old_cfg["model"][key]
-    state = make(fusion="linear").state_dict()  # the pre-issue-14 model's layout (see test_model_width)
+    state = make(fusion="linear", conv2_relu=False).state_dict()  # the pre-issue-14 layout (test_model_width)
     sc = student_config_from_json(old_student)
-    assert (sc.fusion, sc.width, sc.branch_input) == ("linear", 1.0, "f2d")
+    assert (sc.fusion, sc.width, sc.branch_input, sc.conv2_relu) == ("linear", 1.0, "f2d", False)
     Student(sc).load_state_dict(state)  # strict
     ckpt = Checkpoint(iteration=1, total_iters=2, config_json=json.dumps(old_cfg), student_config_json=old_student,
                       model=state)
     model = checkpoint_train_config(ckpt).model
-    assert (model.fusion, model.branch_input) == ("linear", "f2d")
+    assert (model.fusion, model.branch_input, model.conv2_relu) == ("linear", "f2d", False)
     new = make()
     assert student_config_from_json(json.dumps({**json.loads(old_student), "fusion": "conv"})).fusion == "conv"
     with pytest.raises(RuntimeError, match="fusion"):

@@ -9,7 +9,7 @@ branch reads f2d or 512 when it reads the pyramid-pooling context:
        └──────────────────────────────────────────┴► Conv1: 3x3 conv(→M)+BN+ReLU,             │
                                                       1x1 conv(M→C3D)                         │
             ─► DN1 (target μ̄3D, σ̄3D: the cache's global statistics)                           │
-            ─► Conv2: 3x3 conv(C3D→C3D)+BN+ReLU, 1x1 conv(C3D→C3D) ─► f3d_sim (B,C3D,h,w)      │
+            ─► Conv2: 3x3 conv(C3D→C3D)+BN+ReLU, 1x1 conv(C3D→C3D)[, ReLU] ─► f3d_sim (B,C3D,h,w)│
             ─► DN2 (target μ̄2D, σ̄2D: statistics of f2d, pooled over its channels)              │
             ─► concat with f2d (B,512+C3D,h,w) ◄─────────────────────────────────────────────────┘
             ─► Conv3: 3x3 conv(512+C3D→512)+BN+ReLU            (``fusion="conv"``; "linear" skips it)
@@ -28,6 +28,10 @@ image.
   fuses the concatenation with a 3x3 conv+BN+ReLU before the classifier, our Conv3 (``"conv"``, the default).
   ``"linear"`` feeds the concatenation straight to dropout and the 1x1 classifier, so the calibrated f3d_sim
   reaches the logits only linearly (the model before issue #14; checkpoints without the field are that model).
+- ``conv2_relu``: the paper does not say how Conv2 ends. The teacher's cached feature (block8 of the MinkUNet) is
+  taken after a ReLU, so it is never negative; the release ends Conv2 with a ReLU, and so do we by default
+  (``False``: a plain 1x1 conv, the model before issue #14). The Multitask model's depth output stays linear:
+  one output channel behind a ReLU could die and stop the task.
 - ``width``: a multiplier of PSPNet's widths (backbone, f2d, auxiliary head; the numbers above are width 1.0's)
   for cheap CPU runs of the same architecture; the branch's output stays C3D, the cached features' channels.
 - ``feature_channels=0``: the PSPNet baseline, no branch.
@@ -65,6 +69,7 @@ class StudentConfig:
     width: float = 1.0  # multiplier of the backbone, f2d and aux widths (pspnet.py); 1.0 = the paper's
     fusion: Literal["conv", "linear"] = "conv"  # Conv3 over concat(f2d, calibrated f3d_sim), or none
     branch_input: Literal["f2d", "ppm"] = "f2d"  # Conv1 reads f2d (the paper's text) or the PPM context (release)
+    conv2_relu: bool = True  # Conv2 ends with a ReLU, as the teacher's post-ReLU features do (not for Multitask)
 
     def __post_init__(self) -> None:
         if self.norm not in ("dn", "bn"):
@@ -115,10 +120,12 @@ class DistillationBranch(nn.Module):
     """Conv1 → DN1 → Conv2 → f3d_sim, and DN2 for calibrating it before concatenation (see module docstring)."""
 
     def __init__(self, in_channels: int, mid_channels: int, hidden: int, out_channels: int,
-                 norm: Literal["dn", "bn"]) -> None:
+                 norm: Literal["dn", "bn"], out_relu: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(conv_bn_relu(in_channels, mid_channels), nn.Conv2d(mid_channels, hidden, 1))
-        self.conv2 = nn.Sequential(conv_bn_relu(hidden, hidden), nn.Conv2d(hidden, out_channels, 1))
+        # the ReLU has no parameters: the state_dict is the same with and without it
+        self.conv2 = nn.Sequential(conv_bn_relu(hidden, hidden), nn.Conv2d(hidden, out_channels, 1),
+                                   *([nn.ReLU()] if out_relu else []))
         self.norm = norm
         if norm == "dn":
             self.dn1: nn.Module = DimensionNorm(hidden, target="fixed")
@@ -151,7 +158,8 @@ class Student(nn.Module):
         else:
             source, mid = self.pspnet.f2d_channels, hidden
         self.branch = DistillationBranch(
-            source, mid, hidden, out, "bn" if config.multitask_depth else config.norm) if config.has_branch else None
+            source, mid, hidden, out, "bn" if config.multitask_depth else config.norm,
+            out_relu=config.conv2_relu and not config.multitask_depth) if config.has_branch else None
         if config.pretrained is not None:
             load_pretrained(self.pspnet.backbone, config.pretrained)
 
