@@ -88,7 +88,9 @@ class LossWeights:
 @dataclass
 class LossConfig(LossWeights):
     disc: str = "per-class"  # per-class | shared (SAAL ablation, Table 7)
-    max_per_class: int = 256  # samples per class and batch fed to a discriminator
+    # samples per class and batch fed to a discriminator; the shared one draws up to max_per_class × classes from one
+    # class-agnostic pool (the same ceiling)
+    max_per_class: int = 256
 
 
 @dataclass
