@@ -13,7 +13,7 @@ _OPTION_KEYS = {
     "mode": "mode", "iters": "schedule.iters", "epochs": "schedule.epochs", "batch_size": "data.batch_size",
     "crop": "data.crop", "lr": "optim.lr", "depth": "model.depth", "norm": "model.norm", "disc": "loss.disc",
     "pretrained": "model.pretrained", "device": "device", "seed": "seed", "checkpoint_every": "log.checkpoint_every",
-    "workers": "data.workers", "amp": "amp",
+    "workers": "data.workers", "amp": "amp", "width": "model.width",
 }
 
 
@@ -35,6 +35,9 @@ _OPTION_KEYS = {
 @click.option("--crop", type=click.IntRange(min=16), help="Square training crop in pixels. [config: 473]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Base learning rate (poly decay). [0.01]")
 @click.option("--depth", type=click.Choice(["18", "34", "50", "101"]), help="ResNet depth of PSPNet. [config: 50]")
+@click.option("--width", type=click.FloatRange(min=0, min_open=True),
+              help="Multiplier of PSPNet's widths (backbone, f2d, aux head), e.g. 0.25 for CPU runs; ImageNet "
+              "weights need 1.0. [config: 1.0]")
 @click.option("--norm", type=click.Choice(["dn", "bn"]), help="DimensionNorm or BatchNorm in the branch (Table 7).")
 @click.option("--disc", type=click.Choice(["per-class", "shared"]),
               help="Semantic-aware per-class discriminators or one shared (ablation).")

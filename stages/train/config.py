@@ -35,6 +35,18 @@ class ModelConfig:
     aux: bool = True  # PSPNet's auxiliary head on layer3
     pretrained: str | None = None  # path of an ImageNet deep-stem ResNet state_dict (never downloaded)
     sync_bn: bool = True  # DDP: DN statistics all-reduced on any backend; BN -> SyncBatchNorm on CUDA only
+    # multiplier of every PSPNet width (backbone stem and planes, f2d, aux head; multiples of 8): a CPU run keeps
+    # the architecture at ~width² of the cost. 1.0 is the paper's network and the only width ImageNet weights fit
+    width: float = 1.0
+    # conv: Conv3 of Figure 3 (3x3 conv+BN+ReLU over concat(f2d, calibrated f3d_sim)) before the classifier, as
+    # the authors' release does | linear: the concatenation goes straight to dropout + the 1x1 classifier
+    fusion: str = "conv"
+    # f2d: Conv1 reads f2d, the 2D feature the paper's text and Figure 2 give the branch | ppm: it reads the
+    # pyramid-pooling context with a 512-wide first conv, as the authors' release does (+42 % MACs at PSPNet-50)
+    branch_input: str = "f2d"
+    # Conv2 ends with a ReLU: the paper does not say; the teacher's cached features (block8) are post-ReLU, so >= 0,
+    # and the release ends Conv2 with a ReLU, so true. false: a plain 1x1 conv (f3d_sim may go negative)
+    conv2_relu: bool = True
 
 
 @dataclass
@@ -76,7 +88,9 @@ class LossWeights:
 @dataclass
 class LossConfig(LossWeights):
     disc: str = "per-class"  # per-class | shared (SAAL ablation, Table 7)
-    max_per_class: int = 256  # samples per class and batch fed to a discriminator
+    # samples per class and batch fed to a discriminator; the shared one draws up to max_per_class × classes from one
+    # class-agnostic pool (the same ceiling)
+    max_per_class: int = 256
 
 
 @dataclass
@@ -113,6 +127,12 @@ class TrainConfig:
             (self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}"),
             (self.model.depth in (18, 34, 50, 101), f"model.depth must be 18/34/50/101, got {self.model.depth}"),
             (self.model.norm in ("dn", "bn"), f"model.norm must be 'dn' or 'bn', got {self.model.norm!r}"),
+            (self.model.width > 0, f"model.width must be > 0, got {self.model.width}"),
+            (self.model.fusion in ("conv", "linear"), f"model.fusion must be conv|linear, got {self.model.fusion!r}"),
+            (self.model.branch_input in ("f2d", "ppm"),
+             f"model.branch_input must be f2d|ppm, got {self.model.branch_input!r}"),
+            (self.model.pretrained is None or self.model.width == 1.0,
+             f"model.pretrained (ImageNet weights) fits only model.width 1.0, got width {self.model.width}"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"amp must be auto/bf16/fp16/off, got {self.amp!r}"),
             (self.data.batch_size >= 1, f"data.batch_size must be >= 1, got {self.data.batch_size}"),
             (self.data.crop >= 16, f"data.crop must be >= 16, got {self.data.crop}"),

@@ -11,6 +11,11 @@
   cells of class c negative) and Eq. 4 (generator Φ2D: make D_c say "3D"), written with logits
   (``softplus``) for numerical stability. Each class's samples are averaged first and the classes then averaged,
   so a rare class weighs as much as the wall; at most ``max_per_class`` samples per class and batch are used.
+  With ``shared=True`` (Table 7's baseline without semantics) nothing is per class: one pool of 2D and one of 3D
+  features, each drawn uniformly from the usable cells (at most ``max_per_class`` × classes, the per-class
+  sampler's ceiling), one mean over the positives plus one over the negatives, and no class index reaches the
+  discriminator. The cells a class map marks usable (a valid training id) are the same in both variants, so the
+  ablation differs in semantics only.
 """
 
 from __future__ import annotations
@@ -102,6 +107,17 @@ def sample_per_class(features: torch.Tensor, classes: torch.Tensor, num_classes:
     return flat[keep], cls[keep]
 
 
+def sample_uniform(features: torch.Tensor, usable: torch.Tensor, max_samples: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Feature vectors (M, C) of a (B,C,h,w) map at up to ``max_samples`` cells where ``usable`` (B,h,w), drawn
+    uniformly without replacement and without regard to any class."""
+    _check_grid("sample_uniform", features, usable)
+    flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    idx = torch.nonzero(usable.reshape(-1)).squeeze(1)
+    pick = torch.randperm(idx.numel(), generator=generator, device="cpu")[:max_samples]
+    return flat[idx[pick.to(idx.device)]]
+
+
 def _class_balanced_mean(per_sample: torch.Tensor, classes: torch.Tensor, num_classes: int) -> tuple[
         torch.Tensor, torch.Tensor]:
     """Per-class means of ``per_sample`` (K,) and the mask of classes that have samples."""
@@ -111,24 +127,35 @@ def _class_balanced_mean(per_sample: torch.Tensor, classes: torch.Tensor, num_cl
 
 
 class SemanticAwareAdversarialLoss(nn.Module):
-    """SAAL: the discriminators {D_c} and the two objectives of the alternating training (Eq. 3, Eq. 4)."""
+    """SAAL: the discriminators {D_c} and the two objectives of the alternating training (Eq. 3, Eq. 4); with
+    ``shared`` the class-agnostic ablation (one D, one pool of samples; the classes below are then ``None``)."""
 
     def __init__(self, num_classes: int, in_channels: int, shared: bool = False, max_per_class: int = 256) -> None:
         super().__init__()
-        self.num_classes, self.max_per_class = num_classes, max_per_class
+        self.num_classes, self.max_per_class, self.shared = num_classes, max_per_class, shared
         self.discriminators = SemanticAwareDiscriminators(num_classes, in_channels, shared=shared)
 
     def sample(self, features: torch.Tensor, classes: torch.Tensor,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return sample_per_class(features, classes, self.num_classes, self.max_per_class, generator)
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Samples of a (B,C,h,w) map at cells with a valid class (B,h,w): per class, or (shared) one uniform pool
+        whose classes are dropped here, before anything reaches the discriminator."""
+        if not self.shared:
+            return sample_per_class(features, classes, self.num_classes, self.max_per_class, generator)
+        usable = (classes >= 0) & (classes < self.num_classes)
+        return sample_uniform(features, usable, self.max_per_class * self.num_classes, generator), None
 
-    def discriminator_loss(self, real: torch.Tensor, real_classes: torch.Tensor, fake: torch.Tensor,
-                           fake_classes: torch.Tensor) -> torch.Tensor:
+    def discriminator_loss(self, real: torch.Tensor, real_classes: torch.Tensor | None, fake: torch.Tensor,
+                           fake_classes: torch.Tensor | None) -> torch.Tensor:
         """Eq. 3: −log D_c(f3D) for real 3D features, −log(1 − D_c(f3D_sim)) for simulated ones (detached, Φ2D
         fixed). Per class c: mean over its negatives + mean over its positives; then the mean over classes
-        that have any sample. 0 (with a graph) when there are none."""
+        that have any sample (shared: the mean over the positives + the mean over the negatives). 0 (with a
+        graph) when there are none."""
         pos = F.softplus(-self.discriminators.logits(real, real_classes))  # −log σ(z)
         neg = F.softplus(self.discriminators.logits(fake.detach(), fake_classes))  # −log(1 − σ(z))
+        if self.shared:
+            if pos.numel() + neg.numel() == 0:
+                return sum(p.sum() for p in self.discriminators.parameters()) * 0.0
+            return sum(t.mean() for t in (pos, neg) if t.numel())
         pos_mean, has_pos = _class_balanced_mean(pos, real_classes.long(), self.num_classes)
         neg_mean, has_neg = _class_balanced_mean(neg, fake_classes.long(), self.num_classes)
         present = has_pos | has_neg
@@ -136,12 +163,14 @@ class SemanticAwareAdversarialLoss(nn.Module):
             return sum(p.sum() for p in self.discriminators.parameters()) * 0.0
         return (pos_mean + neg_mean)[present].mean()
 
-    def generator_loss(self, fake: torch.Tensor, fake_classes: torch.Tensor) -> torch.Tensor:
-        """Eq. 4: −log D_c(f3D_sim) for simulated features of class c, class-balanced; gradients reach f3D_sim
-        only (the discriminators' parameters are used detached)."""
+    def generator_loss(self, fake: torch.Tensor, fake_classes: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 4: −log D_c(f3D_sim) for simulated features of class c, class-balanced (shared: a plain mean);
+        gradients reach f3D_sim only (the discriminators' parameters are used detached)."""
         if fake.shape[0] == 0:
             return fake.sum() * 0.0
         per = F.softplus(-self.discriminators.logits(fake, fake_classes, detach_params=True))
+        if self.shared:
+            return per.mean()
         means, present = _class_balanced_mean(per, fake_classes.long(), self.num_classes)
         return means[present].mean()
 

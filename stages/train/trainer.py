@@ -172,7 +172,8 @@ def student_config_for(cfg: TrainConfig, num_classes: int, feature_channels: int
         depth=cfg.model.depth, num_classes=num_classes,
         feature_channels=0 if mode == "baseline" else feature_channels,
         norm=cfg.model.norm, aux=cfg.model.aux, multitask_depth=mode == "multitask",
-        pretrained=Path(cfg.model.pretrained) if cfg.model.pretrained else None)
+        pretrained=Path(cfg.model.pretrained) if cfg.model.pretrained else None, width=cfg.model.width,
+        fusion=cfg.model.fusion, branch_input=cfg.model.branch_input, conv2_relu=cfg.model.conv2_relu)
 
 
 def student_config_to_json(sc: StudentConfig) -> str:
@@ -181,16 +182,27 @@ def student_config_to_json(sc: StudentConfig) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+# Model settings added after checkpoints were first written, each with the value such a checkpoint was trained
+# with where today's default differs: a checkpoint that lacks the key rebuilds the model it holds.
+LEGACY_MODEL_SETTINGS: dict[str, Any] = {"fusion": "linear", "conv2_relu": False}
+
+
 def student_config_from_json(text: str) -> StudentConfig:
-    d = json.loads(text)
+    d = {**LEGACY_MODEL_SETTINGS, **json.loads(text)}
     d["pretrained"] = None  # the checkpoint carries the trained weights; the ImageNet file is not needed again
     return StudentConfig(**d)
 
 
+def checkpoint_train_config(ckpt: Checkpoint) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with (older checkpoints: the model settings of their time)."""
+    d = json.loads(ckpt.config_json)
+    d["model"] = {**LEGACY_MODEL_SETTINGS, **d.get("model", {})}
+    return TrainConfig.from_dict(d)
+
+
 def resume_config(run_dir: str | Path) -> TrainConfig:
     """The configuration a run was started with (from RUN/last.pt), to resume it."""
-    ckpt = load_checkpoint(Path(run_dir) / LAST_CHECKPOINT)
-    return TrainConfig.from_json(ckpt.config_json)
+    return checkpoint_train_config(load_checkpoint(Path(run_dir) / LAST_CHECKPOINT))
 
 
 def head_parameter_groups(student: Student, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -266,7 +278,7 @@ class Trainer:
         if not path.exists():
             raise TrainError(f"--resume: {path} does not exist (nothing to resume)")
         ckpt = load_checkpoint(path, map_location="cpu")
-        saved = TrainConfig.from_json(ckpt.config_json)
+        saved = checkpoint_train_config(ckpt)
         changed = config_differences(saved, self.cfg)
         fixed = [c for c in changed if c.startswith(("mode:", "model.", "seed:"))]
         if fixed:  # the model's shape and the data order are the checkpoint's: these cannot change mid-run
@@ -573,8 +585,9 @@ class Trainer:
         lr = self._set_lr()
         try:
             if self.env.is_main:
-                self.echo(f"training {cfg.mode} PSPNet-{cfg.model.depth} ({self.label_space.num_classes} classes) "
-                          f"on {self.device} x{self.env.world_size}: iterations {self.iteration}->{stop} of "
+                width = "" if self.student_config.width == 1.0 else f" width {self.student_config.width:g}"
+                self.echo(f"training {cfg.mode} PSPNet-{cfg.model.depth}{width} ({self.label_space.num_classes} "
+                          f"classes) on {self.device} x{self.env.world_size}: iterations {self.iteration}->{stop} of "
                           f"{self.total_iters}, {len(self.loader)} batches/epoch, run dir {self.out}")
             while self.iteration < stop:
                 t0 = time.perf_counter()

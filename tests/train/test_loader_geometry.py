@@ -43,19 +43,26 @@ def _position_cache(path: Path, frames: int = 8) -> Path:
 
 
 def _expected(a: np.ndarray, depth: np.ndarray, out_grid: tuple[int, int]) -> dict[tuple[int, int], int]:
+    """Plain loops, an independent statement of the rule: a cell claims the output cell its pixel lands in and every
+    output cell whose centre comes from its K×K footprint; the nearest claim wins, ties to the earlier cell."""
     gh, gw = -(-H // K), -(-W // K)
     n = np.arange(gh * gw)
     i, j = np.divmod(n, gw)
     x = a[0, 0] * K * j + a[0, 1] * K * i + a[0, 2]
     y = a[1, 0] * K * j + a[1, 1] * K * i + a[1, 2]
     u, v = np.floor(x / 8 + 0.5).astype(int), np.floor(y / 8 + 0.5).astype(int)
-    best: dict[tuple[int, int], int] = {}
-    for c in n:  # plain loop: an independent statement of "nearest wins, ties to the earlier cell"
+    claims: dict[tuple[int, int], set[int]] = {}
+    for c in n:
         if 0 <= u[c] < out_grid[1] and 0 <= v[c] < out_grid[0]:
-            key = (int(v[c]), int(u[c]))
-            if key not in best or depth[c] < depth[best[key]]:
-                best[key] = int(c)
-    return best
+            claims.setdefault((int(v[c]), int(u[c])), set()).add(int(c))
+    inv = np.linalg.inv(np.vstack([a, [0, 0, 1]]))
+    for ov in range(out_grid[0]):
+        for ou in range(out_grid[1]):
+            sx, sy, _ = inv @ np.array([8.0 * ou, 8.0 * ov, 1.0])
+            ci, cj = int(np.floor(sy / K + 0.5)), int(np.floor(sx / K + 0.5))
+            if 0 <= ci < gh and 0 <= cj < gw:  # every cell of this cache is covered
+                claims.setdefault((ov, ou), set()).add(ci * gw + cj)
+    return {t: min(cs, key=lambda c: (depth[c], c)) for t, cs in claims.items()}
 
 
 @pytest.mark.parametrize("mode", ["workers", "device"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -136,6 +137,75 @@ def test_sampling_caps_each_class() -> None:
     for v, k in zip(x, c, strict=True):
         idx = (flat[:, 0] == v[0]).nonzero().item()
         assert classes.reshape(-1)[idx] == k and torch.equal(flat[idx], v)
+
+
+def _adversarial_step(adv: SemanticAwareAdversarialLoss, real: torch.Tensor, fake: torch.Tensor, real_cls: torch.Tensor,
+                fake_cls: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One unpaired step's adversarial terms as the trainer computes them: losses and their gradients."""
+    gen = torch.Generator().manual_seed(7)
+    f = fake.detach().requires_grad_(True)
+    fake_s, fc = adv.sample(f, fake_cls, generator=gen)
+    real_s, rc = adv.sample(real, real_cls, generator=gen)
+    adv.zero_grad()
+    d = adv.discriminator_loss(real_s, rc, fake_s, fc)
+    d.backward()
+    g = adv.generator_loss(fake_s, fc)
+    g.backward()
+    return (d.detach(), g.detach(), f.grad, *(p.grad.clone() for p in adv.parameters()))
+
+
+def test_shared_discriminator_sees_no_class_information(monkeypatch) -> None:
+    torch.manual_seed(0)
+    real, fake = torch.randn(2, 4, 5, 6), torch.randn(2, 4, 5, 6)
+    cls = torch.randint(0, 3, (2, 5, 6))
+    cls[0, 0] = 255  # unusable cells stay unusable under any relabelling
+    valid = cls != 255
+    perm = torch.tensor([2, 0, 1])
+    relabelled = [cls, torch.where(valid, perm[cls.clamp(max=2)], cls), torch.where(valid, 0, cls)]
+    shared = SemanticAwareAdversarialLoss(num_classes=3, in_channels=4, shared=True, max_per_class=8)
+    seen: list = []
+    logits = shared.discriminators.logits
+    monkeypatch.setattr(shared.discriminators, "logits", lambda x, c=None, **kw: seen.append(c) or logits(x, c, **kw))
+    ref = _adversarial_step(shared, real, fake, cls, cls)
+    for other in relabelled[1:]:  # real and fake relabelled independently: nothing changes
+        got = _adversarial_step(shared, real, fake, other, relabelled[1])
+        assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    assert seen and all(c is None for c in seen)  # no class index ever reached the discriminator
+    torch.manual_seed(0)
+    per_class = SemanticAwareAdversarialLoss(num_classes=3, in_channels=4, max_per_class=8)
+    a, b = (_adversarial_step(per_class, real, fake, c, c)[0] for c in relabelled[:2])
+    assert not torch.equal(a, b)  # the per-class discriminators do see the classes (the check above can fail)
+
+
+def test_shared_loss_is_one_mean_per_pool() -> None:
+    adv = SemanticAwareAdversarialLoss(num_classes=2, in_channels=2, shared=True)
+    with torch.no_grad():  # D's logit is the first input channel (for positive inputs)
+        for w, b in zip(adv.discriminators.weights, adv.discriminators.biases, strict=True):
+            w.zero_()
+            b.zero_()
+            w[0, 0, 0] = 1.0
+    sp = lambda z: math.log1p(math.exp(z))  # noqa: E731  softplus
+    real = torch.tensor([[1.0, 0], [1.0, 0], [1.0, 0], [3.0, 0]])
+    fake = torch.tensor([[2.0, 0]])
+    want = (3 * sp(-1.0) + sp(-3.0)) / 4 + sp(2.0)  # not class-balanced: the three 1s outweigh the 3
+    assert math.isclose(adv.discriminator_loss(real, None, fake, None).item(), want, rel_tol=1e-6)
+    assert math.isclose(adv.generator_loss(fake, None).item(), sp(-2.0), rel_tol=1e-6)
+    assert adv.discriminator_loss(real[:0], None, fake, None).item() == pytest.approx(sp(2.0))
+
+
+def test_shared_sampling_draws_one_uniform_pool() -> None:
+    feats = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    classes = torch.full((2, 4, 5), 255)
+    classes[0] = 0  # 20 cells of class 0
+    classes[1, 0, :2] = 2  # 2 cells of class 2
+    adv = SemanticAwareAdversarialLoss(num_classes=3, in_channels=3, shared=True, max_per_class=3)
+    x, c = adv.sample(feats, classes, generator=torch.Generator().manual_seed(1))
+    flat = feats.permute(0, 2, 3, 1).reshape(-1, 3)
+    usable = set(torch.nonzero((classes < 3).reshape(-1)).squeeze(1).tolist())
+    rows = [int((flat[:, 0] == v[0]).nonzero()) for v in x]
+    assert c is None and x.shape == (9, 3) and len(set(rows)) == 9 and set(rows) <= usable  # 3 x 3 classes
+    x, _ = SemanticAwareAdversarialLoss(3, 3, shared=True, max_per_class=10).sample(feats, classes)
+    assert sorted(int((flat[:, 0] == v[0]).nonzero()) for v in x) == sorted(usable)  # fewer usable than the cap
 
 
 def test_labels_at_cells() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -56,15 +57,18 @@ def test_discriminators_do_not_share_weights() -> None:
     assert len(set(p.tolist())) == 3
 
 
-def test_shared_variant_ignores_classes() -> None:
+def test_shared_variant_takes_no_classes() -> None:
     torch.manual_seed(0)
     d = SemanticAwareDiscriminators(5, 8, shared=True)
     assert d.weights[0].shape[0] == 1
     x = torch.randn(20, 8)
-    a = d(x, torch.randint(0, 5, (20,)))
-    b = d(x, torch.zeros(20, dtype=torch.long))
-    assert torch.equal(a, b)
+    a = d(x)
     assert torch.allclose(a, reference(d, x, torch.zeros(20, dtype=torch.long)), atol=1e-6)
+    with pytest.raises(ValueError, match="class-agnostic"):
+        d(x, torch.randint(0, 5, (20,)))
+    with pytest.raises(ValueError, match="need classes"):
+        SemanticAwareDiscriminators(5, 8)(x)
+    assert d(torch.zeros(0, 8)).shape == (0,)
 
 
 def test_gradients_and_detached_parameters() -> None:

@@ -59,7 +59,8 @@ def test_baseline_has_no_branch() -> None:
 
 def test_distilled_classifier_takes_f2d_and_calibrated_f3d_sim() -> None:
     s = make()
-    assert s.pspnet.classifier[1].in_channels == 512 + C3D
+    assert s.pspnet.fusion[0].in_channels == 512 + C3D and s.pspnet.classifier[1].in_channels == 512
+    assert make(fusion="linear").pspnet.classifier[1].in_channels == 512 + C3D
     assert isinstance(s.branch.dn1, DimensionNorm) and isinstance(s.branch.dn2, DimensionNorm)
     assert s.branch.dn1.target == "fixed" and s.branch.dn2.target == "tracked"
 
@@ -87,7 +88,7 @@ def test_multitask_predicts_one_depth_channel() -> None:
     s = make(multitask_depth=True, feature_channels=0)
     out = s(torch.randn(2, 3, 33, 33))
     assert out.f3d_sim is None and out.depth is not None and out.depth.shape == (2, 1, 5, 5)
-    assert s.pspnet.classifier[1].in_channels == 513
+    assert s.pspnet.fusion[0].in_channels == 513  # the same Conv3 as the distilled student
 
 
 def test_training_without_target_stats_is_refused() -> None:
@@ -120,13 +121,16 @@ def test_checkpoint_carries_dn_statistics() -> None:
         assert torch.allclose(fresh.eval()(x).logits, s.eval()(x).logits, atol=1e-5)
 
 
-def test_cost_counts_the_branch() -> None:
-    s = make()
+@pytest.mark.parametrize("fusion", ["conv", "linear"])
+def test_cost_counts_the_branch(fusion: str) -> None:
+    s = make(fusion=fusion)
     cost = s.cost((65, 65))
-    base = make(feature_channels=0).cost((65, 65))
+    base = make(feature_channels=0, fusion=fusion).cost((65, 65))
     assert cost.params_without_branch == base.params
     assert cost.macs_without_branch == base.macs
-    assert cost.params_branch == sum(p.numel() for p in s.branch.parameters()) + C3D * 5
+    # what the branch adds to PSPNet: itself, and Conv3 or the classifier's extra input columns
+    added = sum(p.numel() for p in s.pspnet.fusion.parameters()) if fusion == "conv" else C3D * 5
+    assert cost.params_branch == sum(p.numel() for p in s.branch.parameters()) + added
     assert cost.macs_branch > 0 and base.params_branch == 0
 
 

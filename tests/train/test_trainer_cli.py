@@ -55,12 +55,14 @@ def test_cli_train_then_evaluate_json(make_cache, tmp_path):
     run = tmp_path / "run"
     runner = CliRunner()
     res = runner.invoke(main, ["train", "--cache", str(cache), "--out", str(run), "--config", TINY, "--iters", "2",
-                               "--mode", "paired", "--quiet", "--json", "--set", "optim.momentum=0.8"])
+                               "--mode", "paired", "--quiet", "--json", "--set", "optim.momentum=0.8",
+                               "--width", "0.5"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["iterations"] == 2 and Path(summary["checkpoint"]).exists()
     ckpt = load_checkpoint(summary["checkpoint"])
     assert json.loads(ckpt.config_json)["optim"]["momentum"] == 0.8
+    assert json.loads(ckpt.student_config_json)["width"] == 0.5  # evaluate below rebuilds the half-width model
     res = runner.invoke(main, ["evaluate", "--checkpoint", summary["checkpoint"], "--cache", str(cache), "--json",
                                "--quiet", "--workers", "1", "--compare-size", "native"])
     assert res.exit_code == 0, res.output

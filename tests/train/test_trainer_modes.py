@@ -29,11 +29,14 @@ def cache(make_cache):
     return make_cache("cache", scenes=2, frames=4, h=96, w=128, channels=8)
 
 
-@pytest.mark.parametrize("mode", ["baseline", "paired", "multitask", "unpaired"])
-def test_each_mode_trains_with_finite_losses(mode, cache, make_cache, tmp_path):
+@pytest.mark.parametrize(("mode", "disc"), [("baseline", "per-class"), ("paired", "per-class"),
+                                          ("multitask", "per-class"), ("unpaired", "per-class"),
+                                          ("unpaired", "shared")])
+def test_each_mode_trains_with_finite_losses(mode, disc, cache, make_cache, tmp_path):
     images = make_cache("images", scenes=2, frames=4, h=96, w=128, channels=8, seed=3) if mode == "unpaired" \
         else cache
-    result = train(tiny(mode=mode), images, tmp_path / "run", feature_cache=cache if mode == "unpaired" else None)
+    result = train(tiny(mode=mode, **{"loss.disc": disc}), images, tmp_path / "run",
+                   feature_cache=cache if mode == "unpaired" else None)
     assert result.iterations == 2
     expected = {"baseline": {"seg"}, "paired": {"seg", "paired"}, "multitask": {"seg", "depth"},
                 "unpaired": {"seg", "adv_g", "adv_d"}}[mode]

@@ -5,7 +5,8 @@ Convention (shared with the model and the cache): coordinates are pixel indices 
 pixel, [x', y'] = A[:, :2]·[x, y] + A[:, 2]. The cached cell (i, j) sits on source pixel (K·j, K·i); it lands on
 output pixel A·(K·j, K·i) and so in output cell round(x'/8), round(y'/8) — output cell (u, v) is centred on pixel
 (8u, 8v), exactly where the stride-8 model puts its feature (stages/train/model/resnet.py), and a crop of size S
-has ceil(S/8) cells per side. Images and labels are resampled at A⁻¹(output pixel): bilinear for the image (pad:
+has ceil(S/8) cells per side. A scaled-up cell also fills the other output cells its K×K footprint covers
+(scatter.py). Images and labels are resampled at A⁻¹(output pixel): bilinear for the image (pad:
 the ImageNet mean, 0 after normalization), nearest for labels (pad: 255).
 
 Training (the paper's semseg defaults): scale s ~ U(0.5, 2) about the origin, rotation θ ~ U(−10°, 10°) about the

@@ -4,7 +4,11 @@ One discriminator per category shared by the 2D and the 3D data, each six fully-
 in→64→32→16→8→4→1 with LeakyReLU(0.2) after the first five and a sigmoid at the end (≈0.009M parameters each for
 96 input channels). The K discriminators never share weights but run as one batched operation: layer l's weights
 are stacked as (K, in, out); the samples are grouped by class into a zero-padded (K, n_max, in) tensor and every
-layer is one ``torch.baddbmm``. ``shared=True`` is the ablation with one discriminator for all categories.
+layer is one ``torch.baddbmm``.
+
+``shared=True`` is the ablation without semantics (Table 7): one discriminator for all categories. It is
+class-agnostic by construction: ``logits``/``forward`` take no classes for it (passing some is an error), so no class
+index can reach it; the loss (losses.py) feeds it one pool of features drawn without looking at classes.
 """
 
 from __future__ import annotations
@@ -38,30 +42,40 @@ class SemanticAwareDiscriminators(nn.Module):
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)
 
-    def logits(self, features: torch.Tensor, classes: torch.Tensor, detach_params: bool = False) -> torch.Tensor:
-        """Pre-sigmoid scores (M,) of D_{classes[m]}(features[m]); ``detach_params`` for the generator step (Eq. 4)
-        so that the discriminators' gradients stay untouched."""
+    def logits(self, features: torch.Tensor, classes: torch.Tensor | None = None,
+               detach_params: bool = False) -> torch.Tensor:
+        """Pre-sigmoid scores (M,) of D_{classes[m]}(features[m]), or of the shared D (which takes no classes);
+        ``detach_params`` for the generator step (Eq. 4) so that the discriminators' gradients stay untouched."""
         if features.dim() != 2 or features.shape[1] != self.in_channels:
             raise ValueError(f"discriminator features must be (M, {self.in_channels}), got {tuple(features.shape)}")
-        if classes.shape != features.shape[:1]:
-            raise ValueError(f"classes must be ({features.shape[0]},), got {tuple(classes.shape)}")
+        if self.shared:
+            if classes is not None:
+                raise ValueError("the shared discriminator is class-agnostic: it takes no classes")
+            return self._layers(features.unsqueeze(0), detach_params)[0, :, 0]
+        if classes is None or classes.shape != features.shape[:1]:
+            got = None if classes is None else tuple(classes.shape)
+            raise ValueError(f"per-class discriminators need classes of shape ({features.shape[0]},), got {got}")
         m = features.shape[0]
         if m == 0:
             return features.new_zeros(0)
         classes = classes.long()
-        if self.shared:
-            classes = torch.zeros_like(classes)
-        elif bool(((classes < 0) | (classes >= self.num_classes)).any()):
+        if bool(((classes < 0) | (classes >= self.num_classes)).any()):
             raise ValueError(f"discriminator classes must lie in 0..{self.num_classes - 1}")
         # group by class: slot (class, rank within class) in a padded (K, n_max, C) tensor
         order = torch.argsort(classes, stable=True)
         sorted_cls = classes[order]
-        counts = torch.bincount(sorted_cls, minlength=self.weights[0].shape[0])
+        counts = torch.bincount(sorted_cls, minlength=self.num_classes)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(m, device=features.device) - starts[sorted_cls]
-        n_max = int(counts.max())
-        x = features.new_zeros(self.weights[0].shape[0], n_max, self.in_channels)
+        x = features.new_zeros(self.num_classes, int(counts.max()), self.in_channels)
         x[sorted_cls, rank] = features[order]
+        x = self._layers(x, detach_params)
+        out = torch.empty_like(features[:, 0])
+        out[order] = x[sorted_cls, rank, 0]
+        return out
+
+    def _layers(self, x: torch.Tensor, detach_params: bool) -> torch.Tensor:
+        """The six layers on a (K, n, in) tensor, discriminator k on row k: (K, n, 1) pre-sigmoid scores."""
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if detach_params:
@@ -69,10 +83,9 @@ class SemanticAwareDiscriminators(nn.Module):
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = F.leaky_relu(x, self.negative_slope)
-        out = torch.empty_like(features[:, 0])
-        out[order] = x[sorted_cls, rank, 0]
-        return out
+        return x
 
-    def forward(self, features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """Probabilities (M,) that each feature comes from the 3D network, judged by its class's discriminator."""
+    def forward(self, features: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Probabilities (M,) that each feature comes from the 3D network, judged by its class's discriminator
+        (or by the shared one, which takes no classes)."""
         return torch.sigmoid(self.logits(features, classes))

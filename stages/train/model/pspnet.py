@@ -5,11 +5,17 @@
           → context = concat(layer4, 4 pooled maps)           (B,4096|1024,H/8,W/8)
     context → 3x3 conv+BN+ReLU → f2d                          (B,512,H/8,W/8)  the feature before the classifier
     [f2d | extra] → Dropout(0.1) → 1x1 conv → logits          upsampled bilinearly to (H, W)
+      (with ``fuse``: [f2d | extra] → 3x3 conv+BN+ReLU (512) first: Conv3 of the paper's Figure 3)
     layer3 → 3x3 conv+BN+ReLU (256) → Dropout → 1x1 conv       auxiliary logits (loss weight 0.4, training only)
 
+``width`` scales the backbone (resnet.py), f2d (512) and the auxiliary head (256) alike; the pyramid pooling's
+reduction follows the backbone's output channels. The channel counts above are width 1.0's, the paper's PSPNet.
+
 ``extra_channels`` widens the classifier's input for features concatenated to f2d (the calibrated f3d_sim of
-the distillation branch). Upsampling uses ``align_corners=True`` as PSPNet does: with H = 8k+1 it is exact for
-the stride-8 grid whose cell i sits on pixel 8i.
+the distillation branch); ``fuse`` mixes the concatenation with a 3x3 conv+BN+ReLU back to f2d's width before the
+classifier, so the extra features reach the logits non-linearly and in context. Without extra channels there is
+nothing to fuse: the baseline is the unchanged PSPNet. Upsampling uses ``align_corners=True`` as PSPNet does:
+with H = 8k+1 it is exact for the stride-8 grid whose cell i sits on pixel 8i.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.train.model.resnet import DilatedResNet
+from stages.train.model.resnet import DilatedResNet, scaled_width
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
@@ -49,22 +55,25 @@ class PyramidPooling(nn.Module):
 class PSPFeatures:
     layer3: torch.Tensor  # (B, C3, H/8, W/8) input of the auxiliary head
     context: torch.Tensor  # (B, Cppm, H/8, W/8) pyramid pooling output
-    f2d: torch.Tensor  # (B, 512, H/8, W/8)
+    f2d: torch.Tensor  # (B, 512·width, H/8, W/8)
 
 
 class PSPNet(nn.Module):
     def __init__(self, depth: int = 50, num_classes: int = 20, extra_channels: int = 0, aux: bool = True,
-                 f2d_channels: int = 512, dropout: float = 0.1, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+                 width: float = 1.0, fuse: bool = False, dropout: float = 0.1,
+                 bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        self.backbone = DilatedResNet(depth)
+        self.backbone = DilatedResNet(depth, width)
         self.ppm = PyramidPooling(self.backbone.out_channels, bins)
+        f2d_channels, aux_channels = scaled_width(512, width), scaled_width(256, width)
         self.bottleneck = conv_bn_relu(self.ppm.out_channels, f2d_channels)
-        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(f2d_channels + extra_channels,
-                                                                          num_classes, 1))
-        self.aux_head = nn.Sequential(conv_bn_relu(self.backbone.layer3_channels, 256), nn.Dropout2d(dropout),
-                                      nn.Conv2d(256, num_classes, 1)) if aux else None
+        self.fusion = conv_bn_relu(f2d_channels + extra_channels, f2d_channels) if fuse and extra_channels else None
+        classifier_in = f2d_channels if self.fusion is not None else f2d_channels + extra_channels
+        self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(classifier_in, num_classes, 1))
+        self.aux_head = nn.Sequential(conv_bn_relu(self.backbone.layer3_channels, aux_channels),
+                                      nn.Dropout2d(dropout), nn.Conv2d(aux_channels, num_classes, 1)) if aux else None
         self.f2d_channels, self.extra_channels = f2d_channels, extra_channels
 
     def encode(self, image: torch.Tensor) -> PSPFeatures:
@@ -79,6 +88,8 @@ class PSPNet(nn.Module):
         if x.shape[1] != self.f2d_channels + self.extra_channels:
             raise ValueError(f"classifier expects {self.f2d_channels + self.extra_channels} channels, got "
                              f"{x.shape[1]}")
+        if self.fusion is not None:
+            x = self.fusion(x)
         return F.interpolate(self.classifier(x), size, mode="bilinear", align_corners=True)
 
     def auxiliary(self, layer3: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:

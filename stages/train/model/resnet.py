@@ -1,5 +1,9 @@
 """Dilated ResNet backbone with the deep stem (PSPNet's "ResNet-v1c"), output stride 8.
 
+``width`` multiplies every width (stem 64/64/128, layer planes 64/128/256/512; each rounded to a multiple of 8,
+at least 8) so that a CPU run keeps the architecture at a fraction of the cost; 1.0 is the paper's ResNet and the
+only width ImageNet weights fit.
+
 The stem is three 3x3 convolutions (3->64 stride 2, 64->64, 64->128) instead of one 7x7; layer3 and layer4 keep
 stride 1 and dilate their 3x3 convolutions by 2 and 4, so layer4 is at 1/8 of the input. A feature cell i of the
 1/8 grid is centred on input pixel 8i (all strided convolutions are 3x3 with padding 1), which is exactly the
@@ -40,6 +44,13 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
 }
+
+
+def scaled_width(channels: int, width: float) -> int:
+    """``channels`` × ``width`` rounded to a multiple of 8 (at least 8): the width multiplier's one rounding rule."""
+    if not width > 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return max(8, round(channels * width / 8) * 8)
 
 
 class PretrainedMismatchError(ValueError):
@@ -91,30 +102,33 @@ class Bottleneck(nn.Module):
 
 
 class DilatedResNet(nn.Module):
-    """ResNet-{18,34,50,101} with the deep stem and output stride 8; ``forward`` returns (layer3, layer4)."""
+    """ResNet-{18,34,50,101} with the deep stem and output stride 8; ``forward`` returns (layer3, layer4).
+    ``width`` scales every width (see the module docstring)."""
 
-    def __init__(self, depth: int = 50) -> None:
+    def __init__(self, depth: int = 50, width: float = 1.0) -> None:
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
         kind, blocks = DEPTHS[depth]
         block: type[BasicBlock] | type[Bottleneck] = BasicBlock if kind == "basic" else Bottleneck
-        self.depth = depth
-        self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.conv2 = nn.Conv2d(64, 64, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(64)
-        self.conv3 = nn.Conv2d(64, 128, 3, 1, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(128)
+        self.depth, self.width = depth, width
+        stem1, stem3 = scaled_width(64, width), scaled_width(128, width)
+        planes = [scaled_width(c, width) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(3, stem1, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem1)
+        self.conv2 = nn.Conv2d(stem1, stem1, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(stem1)
+        self.conv3 = nn.Conv2d(stem1, stem3, 3, 1, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(stem3)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.inplanes = 128
-        self.layer1 = self._make_layer(block, 64, blocks[0], stride=1, dilation=1)
-        self.layer2 = self._make_layer(block, 128, blocks[1], stride=2, dilation=1)
-        self.layer3 = self._make_layer(block, 256, blocks[2], stride=1, dilation=2)
-        self.layer4 = self._make_layer(block, 512, blocks[3], stride=1, dilation=4)
-        self.layer3_channels = 256 * block.expansion
-        self.out_channels = 512 * block.expansion
+        self.inplanes = stem3
+        self.layer1 = self._make_layer(block, planes[0], blocks[0], stride=1, dilation=1)
+        self.layer2 = self._make_layer(block, planes[1], blocks[1], stride=2, dilation=1)
+        self.layer3 = self._make_layer(block, planes[2], blocks[2], stride=1, dilation=2)
+        self.layer4 = self._make_layer(block, planes[3], blocks[3], stride=1, dilation=4)
+        self.layer3_channels = planes[2] * block.expansion
+        self.out_channels = planes[3] * block.expansion
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -194,6 +208,10 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> lis
 def load_pretrained(backbone: DilatedResNet, path: Path | str) -> None:
     """Initialise ``backbone`` from an ImageNet ResNet state_dict at ``path`` (strict; never downloads)."""
     path = Path(path)
+    if backbone.width != 1.0:
+        raise PretrainedMismatchError(
+            f"{path}: ImageNet weights fit only the full-width ResNet (width 1.0); this backbone has width "
+            f"{backbone.width}. Train it from scratch (no pretrained) or use width 1.0.")
     if not path.is_file():
         raise FileNotFoundError(f"pretrained checkpoint not found: {path}")
     state = map_pretrained_keys(_unwrap(torch.load(path, map_location="cpu", weights_only=True), path))

@@ -1,23 +1,39 @@
 """The student: PSPNet with the 3D-to-2D distillation branch (paper Figure 2, orange; Figure 3).
 
 Shapes for a (B, 3, H, W) image, h = ceil(H/8), w = ceil(W/8), C3D = ``feature_channels`` (the cache's
-teacher channels, e.g. 96), Cppm = 4096 (ResNet-50/101) or 1024 (18/34):
+teacher channels, e.g. 96), Cppm = 4096 (ResNet-50/101) or 1024 (18/34), and M, Conv1's width, = C3D when the
+branch reads f2d or 512 when it reads the pyramid-pooling context:
 
-    context (B,Cppm,h,w) ─► 3x3 conv+BN+ReLU ─► f2d (B,512,h,w) ───────────────────────────┐
-                                                   │                                        concat (B,512+C3D,h,w)
-                                                   └► Conv1: 3x3 conv(512→C3D)+BN+ReLU,     │ ─► classifier ─► logits
-                                                      1x1 conv(C3D→C3D)                     │
-            ─► DN1 (target μ̄3D, σ̄3D: the cache's global statistics)                         │    (B,K,H,W)
-            ─► Conv2: 3x3 conv(C3D→C3D)+BN+ReLU, 1x1 conv(C3D→C3D) ─► f3d_sim (B,C3D,h,w)    │
-            ─► DN2 (target μ̄2D, σ̄2D: statistics of f2d, pooled over its channels) ─────────┘
+    context (B,Cppm,h,w) ─► 3x3 conv+BN+ReLU ─► f2d (B,512,h,w) ─────────────────────────────┐
+       │ branch_input="ppm"                       │ branch_input="f2d" (the default)          │
+       └──────────────────────────────────────────┴► Conv1: 3x3 conv(→M)+BN+ReLU,             │
+                                                      1x1 conv(M→C3D)                         │
+            ─► DN1 (target μ̄3D, σ̄3D: the cache's global statistics)                           │
+            ─► Conv2: 3x3 conv(C3D→C3D)+BN+ReLU, 1x1 conv(C3D→C3D)[, ReLU] ─► f3d_sim (B,C3D,h,w)│
+            ─► DN2 (target μ̄2D, σ̄2D: statistics of f2d, pooled over its channels)              │
+            ─► concat with f2d (B,512+C3D,h,w) ◄─────────────────────────────────────────────────┘
+            ─► Conv3: 3x3 conv(512+C3D→512)+BN+ReLU            (``fusion="conv"``; "linear" skips it)
+            ─► Dropout(0.1), 1x1 conv ─► logits (B,K,H,W)
 
 ``f3d_sim`` (before DN2) is what the paired L2 loss (Eq. 1) and the adversarial loss (Eq. 3-4) see; DN2 only
 calibrates it for concatenation, without convolution ("its structure follows that of DN1, except that we do not
-need any additional convolutional layer"). The branch reads f2d, the 2D feature of Figure 2 (the authors'
-released code reads the wider pyramid-pooling context instead; that costs +42 % MACs for ResNet-50 against
-a few % here, and the paper is what we follow). At inference the branch needs no 3D input: f3d_sim comes
-from the image.
+need any additional convolutional layer"). At inference the branch needs no 3D input: f3d_sim comes from the
+image.
 
+- ``branch_input``: where Conv1 reads. ``"f2d"`` (the default) is the paper's text: Figure 2 draws the branch from
+  the 2D feature f2d and DN1 "transform[s] the input 2D feature". ``"ppm"`` is the authors' release: Conv1 reads
+  the pyramid-pooling context with a 512-wide 3x3 conv. On PSPNet-50 at 473² the branch adds 42 % to the MACs
+  reading the context against 1.2 % reading f2d (Conv3 adds another 6 % either way).
+- ``fusion``: Figure 3 names Conv1 to Conv3 while the text describes only Conv1 and Conv2; the authors' release
+  fuses the concatenation with a 3x3 conv+BN+ReLU before the classifier, our Conv3 (``"conv"``, the default).
+  ``"linear"`` feeds the concatenation straight to dropout and the 1x1 classifier, so the calibrated f3d_sim
+  reaches the logits only linearly (the model before issue #14; checkpoints without the field are that model).
+- ``conv2_relu``: the paper does not say how Conv2 ends. The teacher's cached feature (block8 of the MinkUNet) is
+  taken after a ReLU, so it is never negative; the release ends Conv2 with a ReLU, and so do we by default
+  (``False``: a plain 1x1 conv, the model before issue #14). The Multitask model's depth output stays linear:
+  one output channel behind a ReLU could die and stop the task.
+- ``width``: a multiplier of PSPNet's widths (backbone, f2d, auxiliary head; the numbers above are width 1.0's)
+  for cheap CPU runs of the same architecture; the branch's output stays C3D, the cached features' channels.
 - ``feature_channels=0``: the PSPNet baseline, no branch.
 - ``norm="bn"``: BatchNorm in place of both DNs, convolutions kept (Table 7 ablation).
 - ``multitask_depth=True``: the Multitask baseline of Table 2 / Figure 4(a): the same branch predicts one channel
@@ -36,7 +52,7 @@ from torch import nn
 
 from stages.train.model.dimension_norm import DimensionNorm
 from stages.train.model.pspnet import PSPNet, conv_bn_relu
-from stages.train.model.resnet import load_pretrained
+from stages.train.model.resnet import load_pretrained, scaled_width
 
 MULTITASK_HIDDEN = 96  # branch width of the Multitask baseline when the cache has no features
 
@@ -50,12 +66,22 @@ class StudentConfig:
     aux: bool = True
     multitask_depth: bool = False
     pretrained: Path | None = None  # ImageNet deep-stem ResNet state_dict; None = random init
+    width: float = 1.0  # multiplier of the backbone, f2d and aux widths (pspnet.py); 1.0 = the paper's
+    fusion: Literal["conv", "linear"] = "conv"  # Conv3 over concat(f2d, calibrated f3d_sim), or none
+    branch_input: Literal["f2d", "ppm"] = "f2d"  # Conv1 reads f2d (the paper's text) or the PPM context (release)
+    conv2_relu: bool = True  # Conv2 ends with a ReLU, as the teacher's post-ReLU features do (not for Multitask)
 
     def __post_init__(self) -> None:
         if self.norm not in ("dn", "bn"):
             raise ValueError(f"norm must be 'dn' or 'bn', got {self.norm!r}")
         if self.feature_channels < 0:
             raise ValueError(f"feature_channels must be >= 0, got {self.feature_channels}")
+        if not self.width > 0:
+            raise ValueError(f"width must be > 0, got {self.width}")
+        if self.fusion not in ("conv", "linear"):
+            raise ValueError(f"fusion must be 'conv' or 'linear', got {self.fusion!r}")
+        if self.branch_input not in ("f2d", "ppm"):
+            raise ValueError(f"branch_input must be 'f2d' or 'ppm', got {self.branch_input!r}")
 
     @property
     def has_branch(self) -> bool:
@@ -66,7 +92,7 @@ class StudentConfig:
 class StudentOutput:
     logits: torch.Tensor  # (B, K, H, W)
     aux_logits: torch.Tensor | None  # (B, K, H, W), training mode with aux only
-    f2d: torch.Tensor  # (B, 512, H/8, W/8)
+    f2d: torch.Tensor  # (B, 512·width, H/8, W/8)
     f3d_sim: torch.Tensor | None  # (B, C3D, H/8, W/8), None for the baseline and the Multitask model
     depth: torch.Tensor | None = None  # (B, 1, H/8, W/8), Multitask model only
 
@@ -77,7 +103,7 @@ class ModelCost:
 
     image_size: tuple[int, int]
     params: int
-    params_branch: int  # branch + the classifier's extra input columns
+    params_branch: int  # branch + what concatenating its output adds: Conv3, or the classifier's extra columns
     macs: int
     macs_branch: int
 
@@ -94,10 +120,12 @@ class DistillationBranch(nn.Module):
     """Conv1 → DN1 → Conv2 → f3d_sim, and DN2 for calibrating it before concatenation (see module docstring)."""
 
     def __init__(self, in_channels: int, mid_channels: int, hidden: int, out_channels: int,
-                 norm: Literal["dn", "bn"]) -> None:
+                 norm: Literal["dn", "bn"], out_relu: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(conv_bn_relu(in_channels, mid_channels), nn.Conv2d(mid_channels, hidden, 1))
-        self.conv2 = nn.Sequential(conv_bn_relu(hidden, hidden), nn.Conv2d(hidden, out_channels, 1))
+        # the ReLU has no parameters: the state_dict is the same with and without it
+        self.conv2 = nn.Sequential(conv_bn_relu(hidden, hidden), nn.Conv2d(hidden, out_channels, 1),
+                                   *([nn.ReLU()] if out_relu else []))
         self.norm = norm
         if norm == "dn":
             self.dn1: nn.Module = DimensionNorm(hidden, target="fixed")
@@ -124,10 +152,14 @@ class Student(nn.Module):
         else:
             hidden = out = config.feature_channels
         self.pspnet = PSPNet(config.depth, config.num_classes, extra_channels=out if config.has_branch else 0,
-                             aux=config.aux)
+                             aux=config.aux, width=config.width, fuse=config.fusion == "conv")
+        if config.branch_input == "ppm":  # the release: a 512-wide Conv1 over the wide context
+            source, mid = self.pspnet.ppm.out_channels, scaled_width(512, config.width)
+        else:
+            source, mid = self.pspnet.f2d_channels, hidden
         self.branch = DistillationBranch(
-            self.pspnet.f2d_channels, hidden, hidden, out,
-            "bn" if config.multitask_depth else config.norm) if config.has_branch else None
+            source, mid, hidden, out, "bn" if config.multitask_depth else config.norm,
+            out_relu=config.conv2_relu and not config.multitask_depth) if config.has_branch else None
         if config.pretrained is not None:
             load_pretrained(self.pspnet.backbone, config.pretrained)
 
@@ -153,7 +185,8 @@ class Student(nn.Module):
         feats = self.pspnet.encode(image)
         f3d_sim = calibrated = depth = None
         if self.branch is not None:
-            sim, calibrated = self.branch(feats.f2d, feats.f2d)
+            source = feats.context if self.config.branch_input == "ppm" else feats.f2d
+            sim, calibrated = self.branch(source, feats.f2d)
             if self.config.multitask_depth:
                 depth = sim
             else:
@@ -171,8 +204,10 @@ class Student(nn.Module):
             model = Student(replace(self.config, pretrained=None)).eval()
         deployed = [(n, p) for n, p in model.named_parameters() if not n.startswith("pspnet.aux_head")]
         params = sum(p.numel() for _, p in deployed)
-        params_branch = sum(p.numel() for n, p in deployed if n.startswith("branch."))
-        extra = model.pspnet.extra_channels * self.config.num_classes
+        added = ("branch.", "pspnet.fusion.")  # what distillation adds to PSPNet (the baseline has neither)
+        params_branch = sum(p.numel() for n, p in deployed if n.startswith(added))
+        # without Conv3 the branch widens the 1x1 classifier instead: its extra input columns
+        extra = model.pspnet.extra_channels * self.config.num_classes if model.pspnet.fusion is None else 0
         macs = {"total": 0, "branch": 0}
 
         def count(name: str):
@@ -180,7 +215,7 @@ class Student(nn.Module):
                 per_out = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
                 n = out.numel() // out.shape[0] * per_out
                 macs["total"] += n
-                if name.startswith("branch."):
+                if name.startswith(added):
                     macs["branch"] += n
             return hook
 
