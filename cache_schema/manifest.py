@@ -54,7 +54,7 @@ class TeacherInfo:
 @dataclass
 class ProjectionParams:
     stride: int = 8
-    dilation: int = 0  # splat radius R: a point covers its (2R+1)^2 neighbourhood
+    dilation: int = 1  # splat radius R: a point covers its (2R+1)^2 neighbourhood; 1 = the paper's 3x3
     depth_check: bool = True
     depth_abs_tol: float = 0.1  # metres
     depth_rel_tol: float = 0.05

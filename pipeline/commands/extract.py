@@ -42,7 +42,9 @@ from pipeline.options import parse_scene_list, parse_size
 @click.option("--voxel-size", type=float, help="Teacher voxel edge in metres (default: the sidecar's, else 0.02).")
 @click.option("--frame-skip", type=int, default=1, show_default=True, help="Use every N-th frame (20, 100 common).")
 @click.option("--stride", type=int, default=8, show_default=True, help="Keep one cell every K pixels.")
-@click.option("--dilation", type=int, default=0, show_default=True, help="Splat radius R in pixels.")
+@click.option("--dilation", type=int, default=1, show_default=True,
+              help="Splat radius R in pixels: a point covers its (2R+1)x(2R+1) neighbourhood under the z-buffer. "
+              "1 (3x3) is what the paper did; 0 projects each point onto one pixel.")
 @click.option("--depth-check/--no-depth-check", default=True, show_default=True,
               help="Drop points whose depth disagrees with the sensor depth.")
 @click.option("--depth-abs-tol", type=float, default=0.1, show_default=True, help="Depth check: metres.")

@@ -4,9 +4,11 @@ Conventions (the cache's spec repeats them):
 - Pixel (u, v) has its centre at integer coordinates; a point projects to (rint(fx·x/z + cx), rint(fy·y/z + cy))
   — rounded, not truncated, unlike the paper's released code.
 - Cell (i, j) of the K-stride grid (ceil(H/K) × ceil(W/K)) is anchored at pixel (K·i, K·j).
-  `pixel` sampling (the paper): the cell holds the nearest point projecting exactly onto its anchor pixel.
-  `cell` sampling: the nearest point projecting anywhere in pixels [K·i, K·i+K) × [K·j, K·j+K).
-- Splat radius R: a point covers its (2R+1)² pixel neighbourhood, still subject to the z-buffer.
+  `pixel` sampling (the paper): the cell holds the nearest point covering its anchor pixel.
+  `cell` sampling: the nearest point covering any pixel in [K·i, K·i+K) × [K·j, K·j+K).
+- Splat radius R (default 1: the paper dilates the projected points 3×3 before keeping every 8th pixel): a point
+  covers its (2R+1)² pixel neighbourhood, still subject to the z-buffer (nearest point wins at every pixel; the
+  release's cv2.dilate of the point-index map keeps the highest index instead).
 - Depth check: a point survives at a pixel only if |z − d| ≤ max(abs_tol, rel_tol·d) for the sensor depth d
   there; pixels without a valid depth (0) give no evidence and keep the point.
 - Ties in depth go to the lower point index (a stable sort over points kept in index order).
@@ -24,7 +26,7 @@ from cache_schema.layout import grid_shape
 @dataclass(frozen=True)
 class ProjectionConfig:
     stride: int = 8
-    dilation: int = 0
+    dilation: int = 1  # splat radius R; 1 = the paper's 3x3 dilation before keeping every K-th pixel
     depth_check: bool = True
     depth_abs_tol: float = 0.1
     depth_rel_tol: float = 0.05
@@ -81,6 +83,17 @@ def _pixel(x: np.ndarray, inv_z: np.ndarray, f: float, c: float) -> np.ndarray:
     return np.rint(x * inv_z * np.float32(f) + np.float32(c))
 
 
+def _near_anchor(u: np.ndarray, v: np.ndarray, r: int, k: int) -> np.ndarray:
+    """Whether a point's (2R+1)² splat reaches a pixel (K·i, K·j): u and v within R of a multiple of K.
+
+    A cheap per-point pass before the splat loop: at stride 8 it leaves (2R+1)²/64 of the points."""
+    if k & (k - 1) == 0:  # power of two: the bit mask is the (non-negative) remainder, also for negative u
+        if r == 0:
+            return ((u | v) & (k - 1)) == 0
+        return (((u + r) & (k - 1)) <= 2 * r) & (((v + r) & (k - 1)) <= 2 * r)
+    return ((u + r) % k <= 2 * r) & ((v + r) % k <= 2 * r)
+
+
 def _depth_ok(x: np.ndarray, y: np.ndarray, z: np.ndarray, depth: np.ndarray, depth_intrinsics: np.ndarray,
               cfg: ProjectionConfig) -> np.ndarray:
     """Depth check at each point's own depth-image pixel (colour and depth are registered)."""
@@ -113,8 +126,8 @@ def project_points(points: np.ndarray | PointColumns, cam_to_world: np.ndarray, 
         u = np.clip(_pixel(x, inv_z, intrinsics[0, 0], intrinsics[0, 2]), -lim, lim).astype(np.int32)
         v = np.clip(_pixel(y, inv_z, intrinsics[1, 1], intrinsics[1, 2]), -lim, lim).astype(np.int32)
     front = (z > cfg.near) & (u >= -r) & (u < width + r) & (v >= -r) & (v < height + r)
-    if cfg.sampling == "pixel" and r == 0:  # only points on anchor pixels can be sampled
-        front &= ((u | v) & (k - 1)) == 0 if k & (k - 1) == 0 else (u % k == 0) & (v % k == 0)
+    if cfg.sampling == "pixel" and 2 * r + 1 < k:  # only points within R of an anchor row and column can be sampled
+        front &= _near_anchor(u, v, r, k)
     idx = np.flatnonzero(front)
     if cfg.depth_check and depth is not None and idx.size:
         ok = _depth_ok(x[idx], y[idx], z[idx], depth, depth_intrinsics if depth_intrinsics is not None else intrinsics,

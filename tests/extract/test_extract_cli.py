@@ -53,6 +53,7 @@ def test_extract_writes_a_complete_cache(reference_cache):
     assert s["scenes_complete"] == 3 and s["scenes_incomplete"] == 0 and s["frames"] == 15
     assert s["channels"] == 96 and 0.05 < s["coverage"] <= 1.0
     assert s["teacher"]["checkpoint_sha256"] == "random:3" and s["stats"]["count"] > 0
+    assert s["projection"]["dilation"] == 1  # the paper's 3x3 dilation is the default
     cache = open_cache(reference_cache)
     f = cache.scene(cache.complete_scenes()[0]).read_frame(2)
     assert f.image_size == (60, 80) and f.features.shape[1] == 96

@@ -22,7 +22,7 @@ def _scene(seed: int, n: int = 2000):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(0, 10_000), st.integers(0, 2), st.sampled_from(["pixel", "cell"]), st.sampled_from([4, 8]))
+@given(st.integers(0, 10_000), st.integers(0, 2), st.sampled_from(["pixel", "cell"]), st.sampled_from([4, 6, 8]))
 def test_vectorized_equals_reference(seed, dilation, sampling, stride):
     pts, pose = _scene(seed)
     cfg = ProjectionConfig(stride=stride, dilation=dilation, depth_check=False, sampling=sampling)
@@ -37,7 +37,7 @@ def test_exact_nearest_point_at_anchor_pixel():
     """--dilation 0 --no-depth-check --sampling pixel: the cached point at cell (i, j) is exactly the nearest
     projected point at pixel (K*i, K*j)."""
     pts, pose = _scene(3, 20_000)
-    cfg = ProjectionConfig(stride=8, depth_check=False)
+    cfg = ProjectionConfig(stride=8, dilation=0, depth_check=False)
     res = project_points(pts, pose, K, 48, 64, cfg)
     x, y, z = world_to_camera(pts, pose)
     u = np.rint(x * (np.float32(1) / z) * np.float32(60) + np.float32(31.5))
@@ -61,7 +61,7 @@ def test_occluded_point_loses_and_ties_go_to_lower_index():
     pose = np.eye(4)
     pts = np.array([[0, 0, 5.0], [0, 0, 2.0], [0, 0, 2.0], [0, 0, -1.0]], np.float32)  # far, near, tie, behind
     k = np.array([[10.0, 0, 8], [0, 10.0, 8], [0, 0, 1]])
-    res = project_points(pts, pose, k, 17, 17, ProjectionConfig(depth_check=False))
+    res = project_points(pts, pose, k, 17, 17, ProjectionConfig(dilation=0, depth_check=False))
     assert res.cells.tolist() == [1 * 3 + 1] and res.point_index.tolist() == [1]
     assert res.depth.tolist() == [2.0]
 
@@ -70,7 +70,7 @@ def test_rounding_not_truncation():
     pose = np.eye(4)
     k = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1]])
     pts = np.array([[7.6, 8.4, 1.0]], np.float32)  # rounds to (8, 8); truncation would give (7, 8)
-    res = project_points(pts, pose, k, 16, 16, ProjectionConfig(depth_check=False))
+    res = project_points(pts, pose, k, 16, 16, ProjectionConfig(dilation=0, depth_check=False))
     assert res.cells.tolist() == [1 * 2 + 1]
 
 
