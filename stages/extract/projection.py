@@ -9,8 +9,11 @@ Conventions (the cache's spec repeats them):
 - Splat radius R (default 1: the paper dilates the projected points 3×3 before keeping every 8th pixel): a point
   covers its (2R+1)² pixel neighbourhood, still subject to the z-buffer (nearest point wins at every pixel; the
   release's cv2.dilate of the point-index map keeps the highest index instead).
-- Depth check: a point survives at a pixel only if |z − d| ≤ max(abs_tol, rel_tol·d) for the sensor depth d
-  there; pixels without a valid depth (0) give no evidence and keep the point.
+- Depth check (once per point, before the splat): a point survives only if its own depth-image pixel holds a valid
+  sensor depth d (finite, > 0) with |z − d| ≤ max(abs_tol, rel_tol·d). A point on a depth hole (0 or NaN) or outside
+  the depth image is dropped, as the paper's release does: there nothing says it is visible, and a point kept there
+  could win the z-buffer although occluded (the occluder's points may simply be missing from the scan). A frame
+  without a depth image is not checked.
 - Ties in depth go to the lower point index (a stable sort over points kept in index order).
 """
 
@@ -96,7 +99,8 @@ def _near_anchor(u: np.ndarray, v: np.ndarray, r: int, k: int) -> np.ndarray:
 
 def _depth_ok(x: np.ndarray, y: np.ndarray, z: np.ndarray, depth: np.ndarray, depth_intrinsics: np.ndarray,
               cfg: ProjectionConfig) -> np.ndarray:
-    """Depth check at each point's own depth-image pixel (colour and depth are registered)."""
+    """Depth check at each point's own depth-image pixel (colour and depth are registered); no depth value there
+    (a hole, NaN, or outside the depth image) fails it."""
     inv_z = np.float32(1) / z
     ud = _pixel(x, inv_z, depth_intrinsics[0, 0], depth_intrinsics[0, 2])
     vd = _pixel(y, inv_z, depth_intrinsics[1, 1], depth_intrinsics[1, 2])
@@ -105,7 +109,7 @@ def _depth_ok(x: np.ndarray, y: np.ndarray, z: np.ndarray, depth: np.ndarray, de
     d = np.zeros_like(z)
     d[inside] = depth[vd[inside].astype(np.intp), ud[inside].astype(np.intp)]
     tol = np.maximum(np.float32(cfg.depth_abs_tol), np.float32(cfg.depth_rel_tol) * d)
-    return (d <= 0) | (np.abs(z - d) <= tol)
+    return (d > 0) & (np.abs(z - d) <= tol)  # NaN fails both comparisons
 
 
 def project_points(points: np.ndarray | PointColumns, cam_to_world: np.ndarray, intrinsics: np.ndarray, height: int,
@@ -189,7 +193,7 @@ def project_points_reference(points: np.ndarray, cam_to_world: np.ndarray, intri
             ud = int(np.rint(x * iz * f32(dk[0, 0]) + f32(dk[0, 2])))
             vd = int(np.rint(y * iz * f32(dk[1, 1]) + f32(dk[1, 2])))
             dd = depth[vd, ud] if 0 <= ud < depth.shape[1] and 0 <= vd < depth.shape[0] else 0.0
-            if dd > 0 and abs(z - dd) > max(f32(cfg.depth_abs_tol), f32(cfg.depth_rel_tol) * dd):
+            if not (dd > 0 and abs(z - dd) <= max(f32(cfg.depth_abs_tol), f32(cfg.depth_rel_tol) * dd)):
                 continue
         for dy in range(-cfg.dilation, cfg.dilation + 1):
             for dx in range(-cfg.dilation, cfg.dilation + 1):
