@@ -12,6 +12,7 @@ SCANNET_ROOT ?=
 S3DIS_ROOT ?=
 CACHE ?= $(WORK)/cache-scannet
 CHECKPOINT ?=
+TEACHER ?= checkpoint
 SYNTH_SCENES ?= 6
 SYNTH_FRAMES ?= 24
 SYNTH_SIZE ?= 320x240
@@ -19,6 +20,10 @@ EXTRACT_FLAGS ?=
 TRAIN_FLAGS ?=
 RUN ?= $(WORK)/train
 PYTEST_FLAGS ?=
+
+# extract's teacher options in the extract recipes: the control, or the checkpoint in their shell variable ckpt
+# (when there is none, extract itself says that one is needed)
+TEACHER_FLAGS = $(if $(filter label-embedding,$(TEACHER)),--teacher label-embedding,$${ckpt:+--teacher-checkpoint $$ckpt})
 
 .PHONY: help install test lint demo reproduce bench extract-scannet extract-s3dis train evaluate clean
 
@@ -43,21 +48,21 @@ reproduce: install  ## the paper's tables on the synthetic world -> runs/reprodu
 bench: install  ## speed, size and cost against references -> bench/results.json, bench/README.md
 	$(PY) -m bench.run
 
-extract-scannet: install  ## stage one on ScanNet (SCANNET_ROOT=... CACHE=... CHECKPOINT=...; synthetic if no root)
+extract-scannet: install  ## stage one on ScanNet (SCANNET_ROOT=... CACHE=... CHECKPOINT=... or TEACHER=label-embedding; synthetic if no root)
 	@set -e; root="$(SCANNET_ROOT)"; ckpt="$(CHECKPOINT)"; \
 	if [ -z "$$root" ]; then root=$(WORK)/synth-scannet; \
 	  [ -f $$root/.complete ] || { $(DC) synth scannet $$root --scenes $(SYNTH_SCENES) --frames $(SYNTH_FRAMES) --size $(SYNTH_SIZE) --seed 0 && touch $$root/.complete; }; \
-	  if [ -z "$$ckpt" ]; then ckpt=$(WORK)/teacher-scannet.pth; \
+	  if [ -z "$$ckpt" ] && [ "$(TEACHER)" != label-embedding ]; then ckpt=$(WORK)/teacher-scannet.pth; \
 	    [ -f $$ckpt ] || $(DC) train-teacher --dataset scannet --root $$root --out $$ckpt; fi; fi; \
-	$(DC) extract --dataset scannet --root $$root --out $(CACHE) --teacher-checkpoint $$ckpt $(EXTRACT_FLAGS)
+	$(DC) extract --dataset scannet --root $$root --out $(CACHE) $(TEACHER_FLAGS) $(EXTRACT_FLAGS)
 
-extract-s3dis: install  ## stage one on S3DIS + 2D-3D-S (S3DIS_ROOT=... CACHE=... CHECKPOINT=...; synthetic if no root)
+extract-s3dis: install  ## stage one on S3DIS + 2D-3D-S (S3DIS_ROOT=... CACHE=... CHECKPOINT=... or TEACHER=label-embedding; synthetic if no root)
 	@set -e; root="$(S3DIS_ROOT)"; ckpt="$(CHECKPOINT)"; cache="$(if $(filter $(CACHE),$(WORK)/cache-scannet),$(WORK)/cache-s3dis,$(CACHE))"; \
 	if [ -z "$$root" ]; then root=$(WORK)/synth-s3dis; \
 	  [ -f $$root/.complete ] || { $(DC) synth s3dis $$root --scenes $(SYNTH_SCENES) --frames $(SYNTH_FRAMES) --size $(SYNTH_SIZE) --seed 0 && touch $$root/.complete; }; \
-	  if [ -z "$$ckpt" ]; then ckpt=$(WORK)/teacher-s3dis.pth; \
+	  if [ -z "$$ckpt" ] && [ "$(TEACHER)" != label-embedding ]; then ckpt=$(WORK)/teacher-s3dis.pth; \
 	    [ -f $$ckpt ] || $(DC) train-teacher --dataset s3dis --root $$root --out $$ckpt; fi; fi; \
-	$(DC) extract --dataset s3dis --root $$root --out $$cache --teacher-checkpoint $$ckpt $(EXTRACT_FLAGS)
+	$(DC) extract --dataset s3dis --root $$root --out $$cache $(TEACHER_FLAGS) $(EXTRACT_FLAGS)
 
 train: install  ## stage two from a cache (CACHE=... RUN=... TRAIN_FLAGS=...)
 	$(DC) train --cache $(CACHE) --out $(RUN) $(TRAIN_FLAGS)

@@ -4,6 +4,7 @@ from .errors import CacheError, FingerprintMismatchError, IncompleteSceneError, 
 from .labels import IGNORE, LABEL_SPACES, S3DIS13, SCANNET20, LabelSpace
 from .layout import grid_shape
 from .manifest import (
+                     LABEL_EMBEDDING,
                      SCHEMA_VERSION,
                      DatasetInfo,
                      GlobalStats,
@@ -20,7 +21,7 @@ from .writer import CacheWriter, SceneSummary, SceneWriter, manifest_differences
 
 __all__ = [
     "CacheError", "FingerprintMismatchError", "IncompleteSceneError", "ManifestError", "SchemaVersionError",
-    "IGNORE", "LABEL_SPACES", "S3DIS13", "SCANNET20", "LabelSpace", "grid_shape", "SCHEMA_VERSION",
+    "IGNORE", "LABEL_EMBEDDING", "LABEL_SPACES", "S3DIS13", "SCANNET20", "LabelSpace", "grid_shape", "SCHEMA_VERSION",
     "DatasetInfo", "GlobalStats", "ImageEncoding", "Manifest", "ProjectionParams", "TeacherInfo",
     "validate_scene_name", "Moments", "merge_all", "CacheReader", "SceneReader", "open_cache", "CachedFrame",
     "FrameBlock", "CacheWriter", "SceneSummary", "SceneWriter", "manifest_differences",

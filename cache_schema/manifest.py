@@ -41,20 +41,30 @@ class DatasetInfo:
             validate_scene_name(s)
 
 
+# The label-embedding control (SPEC §1): no network; each cell's feature is a fixed random embedding of its point's
+# label. It fills the teacher fields that have no meaning for it with these values, so every reader reads it as is.
+LABEL_EMBEDDING = "label-embedding"
+
+
 @dataclass
 class TeacherInfo:
-    architecture: str
+    architecture: str  # or LABEL_EMBEDDING
     backend: str  # not part of the fingerprint: backends agree to 1e-4
-    checkpoint_sha256: str  # or "random:<seed>"
+    checkpoint_sha256: str  # or "random:<seed>", or "label-embedding:<seed>"
     voxel_size: float
     feature_layer: str
     channels: int
+
+    @classmethod
+    def label_embedding(cls, channels: int, seed: int) -> TeacherInfo:
+        return cls(architecture=LABEL_EMBEDDING, backend="none", checkpoint_sha256=f"{LABEL_EMBEDDING}:{seed}",
+                   voxel_size=0.0, feature_layer="point-label", channels=channels)
 
 
 @dataclass
 class ProjectionParams:
     stride: int = 8
-    dilation: int = 0  # splat radius R: a point covers its (2R+1)^2 neighbourhood
+    dilation: int = 1  # splat radius R: a point covers its (2R+1)^2 neighbourhood; 1 = the paper's 3x3
     depth_check: bool = True
     depth_abs_tol: float = 0.1  # metres
     depth_rel_tol: float = 0.05

@@ -25,9 +25,11 @@ from stages.extract.job import ExtractionError, JobConfig, SceneResult, extract_
 
 @dataclass(frozen=True)
 class TeacherSpec:
+    kind: str = "checkpoint"  # checkpoint: the 3D network | label-embedding: the labels-only control, no network
     checkpoint: Path | None = None
     init: str = "checkpoint"  # checkpoint | random
-    seed: int = 0
+    seed: int = 0  # of --teacher-init random's weights, or of the label embedding
+    channels: int = 96  # label-embedding only (a network's width is its layer's)
     backend: str = "auto"
     device: str = "cpu"
     layer: str = "block8"
@@ -117,8 +119,14 @@ def _alive(pid: int) -> bool:
 
 
 @lru_cache(maxsize=2)
-def _teacher(spec: TeacherSpec):
+def _teacher(spec: TeacherSpec, label_space: str):
     """One teacher per process (dask workers reuse it across the scenes they are given)."""
+    if spec.kind == "label-embedding":
+        from stages.extract.label_embedding import LabelEmbeddingTeacher
+
+        return LabelEmbeddingTeacher(LABEL_SPACES[label_space], channels=spec.channels, seed=spec.seed)
+    if spec.kind != "checkpoint":
+        raise ValueError(f"unknown teacher kind {spec.kind!r}; choose 'checkpoint' or 'label-embedding'")
     from stages.extract.teacher import TeacherConfig, load_teacher
 
     cfg = TeacherConfig(architecture=spec.architecture, voxel_size=spec.voxel_size, layer=spec.layer,
@@ -132,7 +140,8 @@ def _scene_task(dataset: DatasetSpec, teacher: TeacherSpec | None, out: str, man
     reader = open_dataset(dataset)
     writer = CacheWriter.create(out, Manifest.from_json(manifest_json))
     try:
-        return extract_scene(reader, scene, _teacher(teacher) if teacher else None, writer, job)
+        return extract_scene(reader, scene, _teacher(teacher, reader.label_space) if teacher else None, writer,
+                             job)
     except ExtractionError as e:
         return SceneResult(scene=scene, error=str(e))
 
@@ -176,10 +185,14 @@ def run_extraction(dataset: DatasetSpec, teacher: TeacherSpec | None, out: Path,
         teacher = None
     info = None
     if teacher is not None:
-        model = _teacher(teacher)
+        model = _teacher(teacher, reader.label_space)
         info = dict(model.info)
-        log(f"teacher: {info['architecture']} ({info['checkpoint_sha256'][:19]}), backend {info['backend']}, "
-            f"{info['channels']} channels from {info['feature_layer']}")
+        if teacher.kind == "label-embedding":
+            log(f"teacher: the label-embedding control (seed {teacher.seed}, {info['channels']} channels): each "
+                "point's label embedded, no network")
+        else:
+            log(f"teacher: {info['architecture']} ({info['checkpoint_sha256'][:19]}), backend {info['backend']}, "
+                f"{info['channels']} channels from {info['feature_layer']}")
     manifest = build_manifest(dataset, info, job, version)
     out.mkdir(parents=True, exist_ok=True)
     with extraction_lock(out):
@@ -197,8 +210,8 @@ def run_extraction(dataset: DatasetSpec, teacher: TeacherSpec | None, out: Path,
                 frames_bar = tqdm(desc=f"  {s} frames", unit="frame", leave=False, disable=not progress,
                                   file=sys.stderr)
                 try:
-                    r = extract_scene(reader, s, _teacher(teacher) if teacher else None, writer, job,
-                                      on_frame=frames_bar.update)
+                    r = extract_scene(reader, s, _teacher(teacher, reader.label_space) if teacher else None, writer,
+                                      job, on_frame=frames_bar.update)
                 except ExtractionError as e:
                     r = SceneResult(scene=s, error=str(e))
                 frames_bar.close()

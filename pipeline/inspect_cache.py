@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from cache_schema import CacheReader
+from cache_schema import LABEL_EMBEDDING, CacheReader
 from cache_schema.image_codec import decode_image
 from cache_schema.layout import ALL_ARRAYS, SCENES_GROUP
 
@@ -84,7 +84,11 @@ def format_summary(s: dict) -> str:
         f"{s['stride']} grid",
     ]
     t = s["teacher"]
-    if t:
+    if t and t["architecture"] == LABEL_EMBEDDING:
+        seed = t["checkpoint_sha256"].partition(":")[2]
+        lines.append(f"teacher      label-embedding control ({t['channels']} ch, seed {seed}): each point's class "
+                     "embedded, no network, no geometry")
+    elif t:
         lines.append(f"teacher      {t['architecture']} {t['feature_layer']} ({t['channels']} ch, voxel "
                      f"{t['voxel_size']} m, {t['backend']}, weights {t['checkpoint_sha256'][:16]})")
     else:

@@ -51,7 +51,8 @@ def make_manifest(scenes: list[str], channels: int = 8, stride: int = 8, fmt: st
     return Manifest(
         dataset=DatasetInfo(name="scannet", label_space=SCANNET20.to_json(), scenes=sorted(scenes),
                             split="explicit", input_fingerprint="test-inputs"),
-        projection=ProjectionParams(stride=stride),
+        # dilation 0 as before the default became 1: tests pin fingerprints of manifests built here
+        projection=ProjectionParams(stride=stride, dilation=0),
         encoding=ImageEncoding(format=fmt, features=features),
         teacher=TeacherInfo(architecture="Res16UNet34C", backend="torch", checkpoint_sha256="random:0",
                             voxel_size=0.02, feature_layer="block8", channels=channels) if channels else None,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from pipeline.cli import package_version
 from pipeline.options import parse_scene_list, parse_size
@@ -28,11 +29,20 @@ from pipeline.options import parse_scene_list, parse_size
               help="ScanNet on-disk layout.")
 @click.option("--nyu-split", type=click.Choice(["train", "test", "all"]), default="train", show_default=True,
               help="NYU-v2 split to ingest (2D only: images and labels, no features).")
+@click.option("--teacher", "teacher_kind", type=click.Choice(["checkpoint", "label-embedding"]), default="checkpoint",
+              show_default=True,
+              help="checkpoint: the 3D network of --teacher-checkpoint. label-embedding: a control with no network and "
+              "no checkpoint; each cell's feature is a fixed random non-negative embedding of its point's class "
+              "(zeros for unlabelled/ignored points): the 2D labels' information and none of the geometry.")
 @click.option("--teacher-checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Res16UNet34C state_dict (.pth, loaded with weights_only=True, or .safetensors).")
 @click.option("--teacher-init", type=click.Choice(["checkpoint", "random"]), default="checkpoint",
               show_default=True, help="'random' = seeded random weights, for debugging and benchmarks.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --teacher-init random.")
+@click.option("--embedding-channels", type=int, default=96, show_default=True,
+              help="--teacher label-embedding: feature channels (96 = the Res16UNet block8 width).")
+@click.option("--embedding-seed", type=int, default=0, show_default=True,
+              help="--teacher label-embedding: seed of the embedding matrix.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "minkowski", "spconv"]), default="auto",
               show_default=True, help="Sparse-convolution backend of the teacher.")
 @click.option("--device", default="cpu", show_default=True, help="Teacher device (cpu, cuda, cuda:1...).")
@@ -42,7 +52,9 @@ from pipeline.options import parse_scene_list, parse_size
 @click.option("--voxel-size", type=float, help="Teacher voxel edge in metres (default: the sidecar's, else 0.02).")
 @click.option("--frame-skip", type=int, default=1, show_default=True, help="Use every N-th frame (20, 100 common).")
 @click.option("--stride", type=int, default=8, show_default=True, help="Keep one cell every K pixels.")
-@click.option("--dilation", type=int, default=0, show_default=True, help="Splat radius R in pixels.")
+@click.option("--dilation", type=int, default=1, show_default=True,
+              help="Splat radius R in pixels: a point covers its (2R+1)x(2R+1) neighbourhood under the z-buffer. "
+              "1 (3x3) is what the paper did; 0 projects each point onto one pixel.")
 @click.option("--depth-check/--no-depth-check", default=True, show_default=True,
               help="Drop points whose depth disagrees with the sensor depth.")
 @click.option("--depth-abs-tol", type=float, default=0.1, show_default=True, help="Depth check: metres.")
@@ -61,9 +73,9 @@ from pipeline.options import parse_scene_list, parse_size
 @click.option("--scheduler", help="Address of a running dask scheduler (tcp://host:8786) to use instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split, teacher_checkpoint, teacher_init,
-            seed, backend, device, layer, architecture, voxel_size, frame_skip, stride, dilation, depth_check,
-            depth_abs_tol, depth_rel_tol,
+def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split, teacher_kind, teacher_checkpoint,
+            teacher_init, seed, embedding_channels, embedding_seed, backend, device, layer, architecture, voxel_size,
+            frame_skip, stride, dilation, depth_check, depth_abs_tol, depth_rel_tol,
             sampling, image_size, image_format, jpeg_quality, feature_dtype, workers, scheduler, as_json, quiet):
     """Run the 3D teacher once per scene, project its per-point features into every frame (z-buffer, every K-th
     pixel) and write one complete scene group per scene into the cache. Rerunning resumes: complete scenes are
@@ -80,20 +92,30 @@ def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split
     from stages.extract.job import JobConfig
     from stages.extract.projection import ProjectionConfig
 
-    if dataset != "nyu" and teacher_init == "checkpoint" and teacher_checkpoint is None:
-        raise click.UsageError("give --teacher-checkpoint PATH (or --teacher-init random for debugging); "
-                               "`distill-cache train-teacher` makes one for a synthetic world")
     spec = DatasetSpec(name=dataset, root=root, scenes=parse_scene_list(scenes), split_file=split_file,
                        label_map=label_map, layout=layout, split=nyu_split)
-    try:
-        arch, vs, source = teacher_geometry(teacher_checkpoint if teacher_init == "checkpoint" else None,
-                                            architecture, voxel_size)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from e
-    if source and not quiet:
-        click.echo(f"teacher {arch}, voxel {vs} m (from {source})", err=True)
-    teacher = TeacherSpec(checkpoint=teacher_checkpoint, init=teacher_init, seed=seed, backend=backend, device=device,
-                          layer=layer, architecture=arch, voxel_size=vs)
+    if teacher_kind == "label-embedding":
+        _refuse_given(_NETWORK_OPTIONS, "--teacher label-embedding runs no network and takes no")
+        if embedding_channels < 1:
+            raise click.BadParameter(f"must be >= 1, got {embedding_channels}", param_hint="--embedding-channels")
+        if embedding_seed < 0:
+            raise click.BadParameter(f"must be >= 0, got {embedding_seed}", param_hint="--embedding-seed")
+        teacher = TeacherSpec(kind="label-embedding", seed=embedding_seed, channels=embedding_channels)
+    else:
+        _refuse_given(_EMBEDDING_OPTIONS, "only --teacher label-embedding takes")
+        if dataset != "nyu" and teacher_init == "checkpoint" and teacher_checkpoint is None:
+            raise click.UsageError("give --teacher-checkpoint PATH (or --teacher-init random for debugging, or "
+                                   "--teacher label-embedding for the labels-only control); `distill-cache "
+                                   "train-teacher` makes a checkpoint for a synthetic world")
+        try:
+            arch, vs, source = teacher_geometry(teacher_checkpoint if teacher_init == "checkpoint" else None,
+                                                architecture, voxel_size)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from e
+        if source and not quiet:
+            click.echo(f"teacher {arch}, voxel {vs} m (from {source})", err=True)
+        teacher = TeacherSpec(checkpoint=teacher_checkpoint, init=teacher_init, seed=seed, backend=backend,
+                              device=device, layer=layer, architecture=arch, voxel_size=vs)
     job = JobConfig(projection=ProjectionConfig(stride=stride, dilation=dilation, depth_check=depth_check,
                                                 depth_abs_tol=depth_abs_tol, depth_rel_tol=depth_rel_tol,
                                                 sampling=sampling),
@@ -114,3 +136,16 @@ def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split
     if report.failed:
         raise click.ClickException(f"{len(report.failed)} scene(s) failed and stay incomplete: "
                                    + "; ".join(f"{k}: {v}" for k, v in report.failed.items()))
+
+
+# options that only one kind of teacher reads: given to the other kind they would be silently ignored
+_NETWORK_OPTIONS = ("teacher_checkpoint", "teacher_init", "seed", "backend", "device", "layer", "architecture",
+                    "voxel_size")
+_EMBEDDING_OPTIONS = ("embedding_channels", "embedding_seed")
+
+
+def _refuse_given(names: tuple[str, ...], why: str) -> None:
+    ctx = click.get_current_context()
+    given = [n for n in names if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise click.UsageError(f"{why} {', '.join('--' + n.replace('_', '-') for n in given)}")

@@ -14,7 +14,8 @@ from cache_schema import CachedFrame, CacheWriter
 from cache_schema.image_codec import encode_image
 
 from .formats.common import DatasetReader
-from .formats.records import FrameRecord, SkipCounter
+from .formats.records import FrameRecord, SceneRecord, SkipCounter
+from .label_embedding import LabelEmbeddingTeacher
 from .projection import PointColumns, ProjectionConfig, project_points
 
 
@@ -94,8 +95,23 @@ def prepare_frame(frame: FrameRecord, image_size: tuple[int, int] | None, scene:
     return image, labels.astype(np.uint8), k
 
 
-def extract_scene(dataset: DatasetReader, name: str, teacher: FeatureTeacher | None, writer: CacheWriter,
-                  cfg: JobConfig, on_frame: Callable[[int], None] | None = None) -> SceneResult:
+def point_features(teacher: FeatureTeacher | LabelEmbeddingTeacher, scene: SceneRecord, points: np.ndarray,
+                   finite: np.ndarray) -> np.ndarray:
+    """(n_finite, C) features of the scene's finite points: the 3D teacher sees points and colours, the
+    label-embedding control only the points' labels."""
+    if isinstance(teacher, LabelEmbeddingTeacher):
+        if teacher.label_space.name != scene.label_space:
+            raise ExtractionError(f"scene {scene.name}: the label embedding is of {teacher.label_space.name}, the "
+                                  f"scene's labels are {scene.label_space}")
+        labels = np.asarray(scene.labels)
+        if labels.shape != (points.shape[0],):
+            raise ExtractionError(f"scene {scene.name}: {labels.shape[0]} point labels for {points.shape[0]} points")
+        return teacher.label_features(labels[finite])
+    return teacher.point_features(points[finite], scene.colors[finite])
+
+
+def extract_scene(dataset: DatasetReader, name: str, teacher: FeatureTeacher | LabelEmbeddingTeacher | None,
+                  writer: CacheWriter, cfg: JobConfig, on_frame: Callable[[int], None] | None = None) -> SceneResult:
     """Extract one scene into `writer`'s cache; the scene is marked complete only if everything was written."""
     timer = _Timer()
     result = SceneResult(scene=name)
@@ -114,7 +130,7 @@ def extract_scene(dataset: DatasetReader, name: str, teacher: FeatureTeacher | N
         if not finite.all():
             skips.counts["non-finite points"] = int((~finite).sum())
         features = np.zeros((points.shape[0], channels), np.float16)
-        features[finite] = teacher.point_features(points[finite], scene.colors[finite]).astype(np.float16)
+        features[finite] = point_features(teacher, scene, points, finite).astype(np.float16)
         if not np.isfinite(features[finite]).all():
             raise ExtractionError(f"scene {name}: the teacher produced NaN/Inf features (float16 overflow?)")
         if writer.manifest.encoding.features == "uint8":  # the range of every feature a frame can take

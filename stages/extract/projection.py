@@ -4,11 +4,16 @@ Conventions (the cache's spec repeats them):
 - Pixel (u, v) has its centre at integer coordinates; a point projects to (rint(fx·x/z + cx), rint(fy·y/z + cy))
   — rounded, not truncated, unlike the paper's released code.
 - Cell (i, j) of the K-stride grid (ceil(H/K) × ceil(W/K)) is anchored at pixel (K·i, K·j).
-  `pixel` sampling (the paper): the cell holds the nearest point projecting exactly onto its anchor pixel.
-  `cell` sampling: the nearest point projecting anywhere in pixels [K·i, K·i+K) × [K·j, K·j+K).
-- Splat radius R: a point covers its (2R+1)² pixel neighbourhood, still subject to the z-buffer.
-- Depth check: a point survives at a pixel only if |z − d| ≤ max(abs_tol, rel_tol·d) for the sensor depth d
-  there; pixels without a valid depth (0) give no evidence and keep the point.
+  `pixel` sampling (the paper): the cell holds the nearest point covering its anchor pixel.
+  `cell` sampling: the nearest point covering any pixel in [K·i, K·i+K) × [K·j, K·j+K).
+- Splat radius R (default 1: the paper dilates the projected points 3×3 before keeping every 8th pixel): a point
+  covers its (2R+1)² pixel neighbourhood, still subject to the z-buffer (nearest point wins at every pixel; the
+  release's cv2.dilate of the point-index map keeps the highest index instead).
+- Depth check (once per point, before the splat): a point survives only if its own depth-image pixel holds a valid
+  sensor depth d (finite, > 0) with |z − d| ≤ max(abs_tol, rel_tol·d). A point on a depth hole (0 or NaN) or outside
+  the depth image is dropped, as the paper's release does: there nothing says it is visible, and a point kept there
+  could win the z-buffer although occluded (the occluder's points may simply be missing from the scan). A frame
+  without a depth image is not checked.
 - Ties in depth go to the lower point index (a stable sort over points kept in index order).
 """
 
@@ -24,7 +29,7 @@ from cache_schema.layout import grid_shape
 @dataclass(frozen=True)
 class ProjectionConfig:
     stride: int = 8
-    dilation: int = 0
+    dilation: int = 1  # splat radius R; 1 = the paper's 3x3 dilation before keeping every K-th pixel
     depth_check: bool = True
     depth_abs_tol: float = 0.1
     depth_rel_tol: float = 0.05
@@ -81,9 +86,21 @@ def _pixel(x: np.ndarray, inv_z: np.ndarray, f: float, c: float) -> np.ndarray:
     return np.rint(x * inv_z * np.float32(f) + np.float32(c))
 
 
+def _near_anchor(u: np.ndarray, v: np.ndarray, r: int, k: int) -> np.ndarray:
+    """Whether a point's (2R+1)² splat reaches a pixel (K·i, K·j): u and v within R of a multiple of K.
+
+    A cheap per-point pass before the splat loop: at stride 8 it leaves (2R+1)²/64 of the points."""
+    if k & (k - 1) == 0:  # power of two: the bit mask is the (non-negative) remainder, also for negative u
+        if r == 0:
+            return ((u | v) & (k - 1)) == 0
+        return (((u + r) & (k - 1)) <= 2 * r) & (((v + r) & (k - 1)) <= 2 * r)
+    return ((u + r) % k <= 2 * r) & ((v + r) % k <= 2 * r)
+
+
 def _depth_ok(x: np.ndarray, y: np.ndarray, z: np.ndarray, depth: np.ndarray, depth_intrinsics: np.ndarray,
               cfg: ProjectionConfig) -> np.ndarray:
-    """Depth check at each point's own depth-image pixel (colour and depth are registered)."""
+    """Depth check at each point's own depth-image pixel (colour and depth are registered); no depth value there
+    (a hole, NaN, or outside the depth image) fails it."""
     inv_z = np.float32(1) / z
     ud = _pixel(x, inv_z, depth_intrinsics[0, 0], depth_intrinsics[0, 2])
     vd = _pixel(y, inv_z, depth_intrinsics[1, 1], depth_intrinsics[1, 2])
@@ -92,7 +109,7 @@ def _depth_ok(x: np.ndarray, y: np.ndarray, z: np.ndarray, depth: np.ndarray, de
     d = np.zeros_like(z)
     d[inside] = depth[vd[inside].astype(np.intp), ud[inside].astype(np.intp)]
     tol = np.maximum(np.float32(cfg.depth_abs_tol), np.float32(cfg.depth_rel_tol) * d)
-    return (d <= 0) | (np.abs(z - d) <= tol)
+    return (d > 0) & (np.abs(z - d) <= tol)  # NaN fails both comparisons
 
 
 def project_points(points: np.ndarray | PointColumns, cam_to_world: np.ndarray, intrinsics: np.ndarray, height: int,
@@ -113,8 +130,8 @@ def project_points(points: np.ndarray | PointColumns, cam_to_world: np.ndarray, 
         u = np.clip(_pixel(x, inv_z, intrinsics[0, 0], intrinsics[0, 2]), -lim, lim).astype(np.int32)
         v = np.clip(_pixel(y, inv_z, intrinsics[1, 1], intrinsics[1, 2]), -lim, lim).astype(np.int32)
     front = (z > cfg.near) & (u >= -r) & (u < width + r) & (v >= -r) & (v < height + r)
-    if cfg.sampling == "pixel" and r == 0:  # only points on anchor pixels can be sampled
-        front &= ((u | v) & (k - 1)) == 0 if k & (k - 1) == 0 else (u % k == 0) & (v % k == 0)
+    if cfg.sampling == "pixel" and 2 * r + 1 < k:  # only points within R of an anchor row and column can be sampled
+        front &= _near_anchor(u, v, r, k)
     idx = np.flatnonzero(front)
     if cfg.depth_check and depth is not None and idx.size:
         ok = _depth_ok(x[idx], y[idx], z[idx], depth, depth_intrinsics if depth_intrinsics is not None else intrinsics,
@@ -176,7 +193,7 @@ def project_points_reference(points: np.ndarray, cam_to_world: np.ndarray, intri
             ud = int(np.rint(x * iz * f32(dk[0, 0]) + f32(dk[0, 2])))
             vd = int(np.rint(y * iz * f32(dk[1, 1]) + f32(dk[1, 2])))
             dd = depth[vd, ud] if 0 <= ud < depth.shape[1] and 0 <= vd < depth.shape[0] else 0.0
-            if dd > 0 and abs(z - dd) > max(f32(cfg.depth_abs_tol), f32(cfg.depth_rel_tol) * dd):
+            if not (dd > 0 and abs(z - dd) <= max(f32(cfg.depth_abs_tol), f32(cfg.depth_rel_tol) * dd)):
                 continue
         for dy in range(-cfg.dilation, cfg.dilation + 1):
             for dx in range(-cfg.dilation, cfg.dilation + 1):

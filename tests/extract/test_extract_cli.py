@@ -53,6 +53,7 @@ def test_extract_writes_a_complete_cache(reference_cache):
     assert s["scenes_complete"] == 3 and s["scenes_incomplete"] == 0 and s["frames"] == 15
     assert s["channels"] == 96 and 0.05 < s["coverage"] <= 1.0
     assert s["teacher"]["checkpoint_sha256"] == "random:3" and s["stats"]["count"] > 0
+    assert s["projection"]["dilation"] == 1  # the paper's 3x3 dilation is the default
     cache = open_cache(reference_cache)
     f = cache.scene(cache.complete_scenes()[0]).read_frame(2)
     assert f.image_size == (60, 80) and f.features.shape[1] == 96
@@ -128,3 +129,49 @@ def test_uint8_feature_dtype_end_to_end(world, reference_cache, tmp_path):
     assert (np.abs(fa.features.astype(np.float64) - fb.features) <= b.quantizer.error_bound()).all()
     assert np.dtype(b.arrays["features"].dtype) == np.uint8
     assert b.arrays["features"].nbytes_stored() < a.arrays["features"].nbytes_stored()
+
+
+def test_label_embedding_teacher_end_to_end(world, reference_cache, tmp_path):
+    """`--teacher label-embedding`: no checkpoint, no network; the cache has the network cache's cells and points,
+    each feature is E[the point's class] (same class, same feature), the manifest names the control, `inspect` shows
+    it, the cache verifies, and its fingerprint differs from the network teacher's."""
+    from cache_schema import SCANNET20
+    from stages.extract.label_embedding import LabelEmbeddingTeacher
+
+    out, scene = tmp_path / "le", "scene0001_00"
+    runner = CliRunner()
+    r = runner.invoke(main, ["extract", "--dataset", "scannet", "--root", str(world), "--out", str(out), "--quiet",
+                             "--teacher", "label-embedding", "--embedding-seed", "4", "--scenes", scene])
+    assert r.exit_code == 0, r.output
+    s = json.loads(runner.invoke(main, ["inspect", str(out), "--json"]).output)
+    t = s["teacher"]
+    assert t["architecture"] == "label-embedding" and t["checkpoint_sha256"] == "label-embedding:4"
+    assert s["channels"] == 96 and s["stats"]["count"] > 0
+    assert "label-embedding control (96 ch, seed 4)" in runner.invoke(main, ["inspect", str(out)]).output
+    assert runner.invoke(main, ["verify", str(out)]).exit_code == 0
+    got, ref = open_cache(out), open_cache(reference_cache)
+    assert got.manifest.params_fingerprint() != ref.manifest.params_fingerprint()
+    a, b = got.scene(scene), ref.scene(scene)
+    fa, fb = a.read_block(0, a.num_frames), b.read_block(0, b.num_frames)
+    np.testing.assert_array_equal(fa.cells, fb.cells)
+    np.testing.assert_array_equal(fa.point_index, fb.point_index)
+    e = LabelEmbeddingTeacher(SCANNET20, channels=96, seed=4)
+    np.testing.assert_array_equal(fa.features, e.label_features(fa.point_labels).astype(np.float16))
+    for label in np.unique(fa.point_labels):  # two points of one class: one feature
+        assert len(np.unique(fa.features[fa.point_labels == label], axis=0)) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "give --teacher-checkpoint PATH"),
+    (["--teacher", "label-embedding", "--teacher-init", "random"], "takes no --teacher-init"),
+    (["--teacher", "label-embedding", "--teacher-checkpoint", "{ckpt}"], "takes no --teacher-checkpoint"),
+    (["--teacher", "label-embedding", "--layer", "block6"], "takes no --layer"),
+    (["--embedding-seed", "2", "--teacher-init", "random"], "only --teacher label-embedding takes --embedding-seed"),
+    (["--teacher", "label-embedding", "--embedding-channels", "0"], "--embedding-channels"),
+])
+def test_teacher_options_are_checked(world, tmp_path, args, message):
+    (tmp_path / "t.pth").write_bytes(b"")
+    args = [a.replace("{ckpt}", str(tmp_path / "t.pth")) for a in args]
+    r = CliRunner().invoke(main, ["extract", "--dataset", "scannet", "--root", str(world), "--out",
+                                  str(tmp_path / "c"), "--quiet", *args])
+    assert r.exit_code == 2 and message in r.output and not (tmp_path / "c").exists()

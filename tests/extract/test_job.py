@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cache_schema import (
+    S3DIS13,
     SCANNET20,
     CacheWriter,
     DatasetInfo,
@@ -20,6 +21,7 @@ from cache_schema import (
 from cache_schema.image_codec import decode_image
 from stages.extract.formats.records import FrameRecord, SceneRecord, SkipCounter
 from stages.extract.job import ExtractionError, JobConfig, extract_scene, scale_intrinsics
+from stages.extract.label_embedding import LabelEmbeddingTeacher
 from stages.extract.projection import ProjectionConfig, project_points
 
 H, W = 48, 64
@@ -152,3 +154,30 @@ def test_uint8_job_quantizes_over_the_scenes_finite_point_features(tmp_path):
         assert b.features.dtype == np.float16
         err = np.abs(a.features.astype(np.float64) - b.features.astype(np.float64))
         assert (err <= s8.quantizer.error_bound()).all()
+
+
+def test_label_embedding_job_caches_the_embedded_point_labels_on_the_networks_cells(tmp_path):
+    """The control goes through the same projection and writing as a network: the same cells and points as a
+    network teacher's cache, and every cached feature is E[label of that point] (zeros for unlabelled points)."""
+    ds = MemoryDataset(n_frames=3)
+    ds.scene.labels[::7] = 0  # some unlabelled points
+    control = LabelEmbeddingTeacher(SCANNET20, channels=6, seed=2)
+    extract_scene(ds, "scene0000_00", control, _writer(tmp_path, name="le"), JobConfig())
+    extract_scene(ds, "scene0000_00", PositionTeacher(), _writer(tmp_path, name="net"), JobConfig())
+    le, net = open_cache(tmp_path / "le").scene("scene0000_00"), open_cache(tmp_path / "net").scene("scene0000_00")
+    a, b = le.read_block(0, 3), net.read_block(0, 3)
+    np.testing.assert_array_equal(a.cells, b.cells)
+    np.testing.assert_array_equal(a.point_index, b.point_index)
+    labels = ds.scene.labels[a.point_index]
+    np.testing.assert_array_equal(a.point_labels, labels)
+    expected = np.zeros((labels.size, 6), np.float32)
+    known = labels != 0
+    expected[known] = control.embedding[SCANNET20.to_train_ids(labels[known])]
+    np.testing.assert_array_equal(a.features, expected.astype(np.float16))
+    assert (labels == 0).any() and known.any()
+
+
+def test_label_embedding_of_another_label_space_is_refused(tmp_path):
+    with pytest.raises(ExtractionError, match="label embedding is of s3dis13"):
+        extract_scene(MemoryDataset(n_frames=1), "scene0000_00", LabelEmbeddingTeacher(S3DIS13, channels=6),
+                      _writer(tmp_path), JobConfig())
