@@ -45,18 +45,25 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p))
+def _folder_images(folder: Path, exclude: Path | None) -> list[Path]:
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p))
+    if exclude is None:
+        return found
+    return [p for p in found if not p.resolve().is_relative_to(exclude)]
 
 
 class ImageInputs:
-    """The images of INPUT paths (files, folders, `.sens`), in the order given; see the module docstring."""
+    """The images of INPUT paths (files, folders, `.sens`), in the order given; see the module docstring.
 
-    def __init__(self, paths: Sequence[str | Path], frame_skip: int = 1) -> None:
+    ``exclude``: a folder whose images are never inputs (the output folder, when it lies inside an input folder).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], frame_skip: int = 1, exclude: str | Path | None = None) -> None:
         if frame_skip < 1:
             raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
         self.paths = [Path(p) for p in paths]
         self.frame_skip = frame_skip
+        self.exclude = Path(exclude).resolve() if exclude is not None else None
         self._taken: set[str] = set()
 
     def count(self) -> int:
@@ -67,7 +74,7 @@ class ImageInputs:
         total = 0
         for p in self.paths:
             if p.is_dir():
-                total += len(_folder_images(p))
+                total += len(_folder_images(p, self.exclude))
             elif p.suffix.lower() == SENS_SUFFIX:
                 try:
                     total += -(-SensFile(p).num_frames // self.frame_skip)
@@ -108,7 +115,7 @@ class ImageInputs:
         self._taken = set()
         for p in self.paths:
             if p.is_dir():
-                for f in _folder_images(p):
+                for f in _folder_images(p, self.exclude):
                     yield self._file(f, f"{p.resolve().name}/{f.relative_to(p).with_suffix('').as_posix()}")
             elif p.suffix.lower() == SENS_SUFFIX:
                 yield from self._sens(p)

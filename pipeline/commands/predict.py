@@ -75,8 +75,8 @@ def command(inputs, checkpoint, onnx_model, out, frame_skip, scales, flip, windo
     model = {"checkpoint" if checkpoint else "onnx": str(checkpoint or onnx_model), "runtime": predictor.runtime_name,
              "device": str(predictor.device), "mode": info.mode, "iteration": info.iteration,
              "label_space": info.label_space.name, "cache_fingerprint": (info.cache or {}).get("fingerprint")}
-    summary = run_predict(predictor, ImageInputs(inputs, frame_skip), out, model=model, batch_size=batch_size,
-                          overlays=not no_overlays, progress=not quiet)
+    summary = run_predict(predictor, ImageInputs(inputs, frame_skip, exclude=out), out, model=model,
+                          batch_size=batch_size, overlays=not no_overlays, progress=not quiet)
     counts = summary.to_json()["counts"]
     if as_json:
         click.echo(json.dumps({"out": str(out), **counts, "seconds": round(summary.seconds, 3),

@@ -53,18 +53,19 @@ def test_predict_files_folders_and_sens(make_student_checkpoint, tmp_path):
     (inputs / "photos" / "notes.txt").write_text("not an image: ignored")
     write_scene_sens(inputs / "scene.sens", rng)
     before = files_under(tmp_path)
-    out = tmp_path / "out"
+    out = inputs / "photos" / "predictions"  # inside an input folder: its own outputs are never inputs
     res = CliRunner().invoke(main, ["predict", "--checkpoint", str(ckpt), str(inputs / "big.jpg"),
-                                    str(inputs / "photos"), str(inputs / "scene.sens"), "--out", str(out),
+                                    str(inputs / "scene.sens"), str(inputs / "photos"), "--out", str(out),
                                     "--frame-skip", "2", "--batch-size", "2", "--quiet", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["predicted"] == 4
     summary = json.loads((out / "predictions.json").read_text())
     images = {i["name"]: i for i in summary["images"]}
-    assert list(images) == ["big", "photos/a", "photos/sub/b", "scene/frame-000000"]
+    # the first batch (two sizes) is written before photos/ is listed: the outputs in it are not inputs
+    assert list(images) == ["big", "scene/frame-000000", "photos/a", "photos/sub/b"]
     assert summary["counts"] == {"predicted": 4, "skipped": 2}
     assert [(Path(s["source"]).name, s["reason"]) for s in summary["skipped"]] == [
-        ("broken.jpg", "unreadable or corrupt image"), ("scene.sens:frame 2", "corrupt colour frame")]
+        ("scene.sens:frame 2", "corrupt colour frame"), ("broken.jpg", "unreadable or corrupt image")]
     assert summary["protocol"]["window"] == [65, 65] and summary["model"]["label_space"] == SCANNET20.name
     for name, entry in images.items():
         h, w = sizes.get(name, (48, 64))
