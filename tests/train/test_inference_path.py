@@ -112,3 +112,11 @@ def test_exportable_copy_replaces_only_the_pooling():
     assert isinstance(copy[1][0], MatrixAdaptiveAvgPool2d) and isinstance(model[1][0], nn.AdaptiveAvgPool2d)
     x = torch.randn(1, 3, 11, 17)
     assert torch.allclose(copy(x), model(x), atol=1e-6)
+
+
+def test_forward_views_counts_what_the_model_sees():
+    model = PerPixel()
+    cfg = InferenceConfig(scales=(0.5, 1.0, 1.5), flip=True, window=(40, 40), max_batch=1)
+    predict_probabilities(model, torch.randn(1, 3, 60, 90), cfg)
+    assert len(model.sizes) == cfg.forward_views((60, 90)) == 2 * (1 * 2 + 2 * 3 + 3 * 5)  # 30x45, 60x90, 90x135
+    assert InferenceConfig(scales=(1.0, 2.0)).forward_views((60, 90)) == 2

@@ -92,7 +92,8 @@ def _check_sizes(size: tuple[int, int] | None, crop: int) -> list[tuple[int, int
     return [(crop, crop), (crop + 16, crop + 40)]  # free size: the window and an off-size, wider image
 
 
-def _export_onnx(model: DeployedStudent, path: Path, example: torch.Tensor, dynamic: bool) -> None:
+def write_onnx(model: DeployedStudent, path: Path, example: torch.Tensor, dynamic: bool = False) -> None:
+    """``model`` as an ONNX file: input "image" (batch free; height and width too when ``dynamic``), output "logits"."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     shapes: dict[int, object] = {0: batch}
     if dynamic:
@@ -156,7 +157,7 @@ def export_student(checkpoint: str | Path, out: str | Path, fmt: str = "onnx", *
                    "dynamic_batch": True, "torch": torch.__version__}
     if fmt == "onnx":
         info.export["opset"] = ONNX_OPSET
-        _export_onnx(model, out, checks[0], dynamic)
+        write_onnx(model, out, checks[0], dynamic)
         runner = _run_onnx
     else:
         _export_torchscript(model, out, checks[0], info)

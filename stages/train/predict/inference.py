@@ -57,6 +57,13 @@ class InferenceConfig:
         """Image views averaged per input: scales × (2 with flip)."""
         return len(self.scales) * (2 if self.flip else 1)
 
+    def forward_views(self, size: tuple[int, int]) -> int:
+        """Model inputs one image of ``size`` costs: windows (or whole images) over the scales, × 2 with flip."""
+        per_scale = [1 if self.window is None else len(window_grid(scaled_size(size, s, self.base_size),
+                                                                    self.window, self.stride_rate))
+                     for s in self.scales]
+        return sum(per_scale) * (2 if self.flip else 1)
+
     def describe(self) -> dict:
         """The test protocol, as results record it."""
         return {"scales": list(self.scales), "flip": self.flip, "window": list(self.window) if self.window else None,
@@ -104,6 +111,13 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return [min(i * stride, length - window) for i in range(count)]
 
 
+def window_grid(size: tuple[int, int], window: tuple[int, int], stride_rate: float) -> list[tuple[int, int]]:
+    """(top, left) of every window over an image of ``size`` (padded up to the window where smaller)."""
+    (h, w), (wh, ww) = size, window
+    return [(y, x) for y in window_starts(max(h, wh), wh, max(1, math.ceil(wh * stride_rate)))
+            for x in window_starts(max(w, ww), ww, max(1, math.ceil(ww * stride_rate)))]
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -138,8 +152,7 @@ def sliding_window_probabilities(forward: LogitsFn, x: torch.Tensor, window: tup
     if ph or pw:
         x = F.pad(x, (left, pw - left, top, ph - top))  # zeros: the mean colour once normalized
     hp, wp = x.shape[-2:]
-    spots = [(y, x0) for y in window_starts(hp, wh, max(1, math.ceil(wh * stride_rate)))
-             for x0 in window_starts(wp, ww, max(1, math.ceil(ww * stride_rate)))]
+    spots = window_grid((hp, wp), window, stride_rate)
     jobs = [(k, y, x0) for y, x0 in spots for k in range(b)]  # (image, top, left) of every window of the batch
     per_call = max(1, max_batch // (2 if flip else 1))  # a flipped window is a second view in the same call
     total: torch.Tensor | None = None
