@@ -67,6 +67,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               ("--frames", "100", "--repeats", "7")),
     Benchmark("sens", "bench.bench_sens", "extra", ("--frames", "20", "--repeats", "5"),
               ("--frames", "50", "--repeats", "7")),
+    Benchmark("predict", "bench.bench_predict", "extra", ("--images", "2", "--repeats", "3"),
+              ("--images", "4", "--repeats", "5", "--multiscale-images", "2")),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -280,9 +282,27 @@ def rows_sens(results: list[dict]) -> list[dict]:
     return out
 
 
+def rows_predict(results: list[dict]) -> list[dict]:
+    r = results[0]
+    ms = r["multiscale"]
+    what = (f"PSPNet-{r['depth']} distilled student ({r['channels']} ch), {r['crop']}² sliding window "
+            f"({r['windows_per_image']} windows/image), batch {r['batch']}, {r['threads']} threads")
+    return [row("extra", f"Predict {r['size']} single scale: images/s, onnxruntime vs PyTorch (CPU)",
+                f"{r['onnxruntime_images_per_s']:.3g} img/s", f"PyTorch {r['torch_images_per_s']:.3g} img/s",
+                r["onnxruntime_over_torch"], "—", None,
+                f"{what}; {r['images']} images × {r['repeats']} interleaved rounds; onnxruntime "
+                f"{r['onnxruntime_version']}, logits within {r['max_rel_diff_onnx_vs_torch']:.1g} (relative)"),
+            row("extra", f"Predict {r['size']}: multi-scale + flip cost (PyTorch)",
+                _s(ms["seconds_per_image"]) + "/img", f"single scale {_s(ms['single_seconds_per_image'])}/img",
+                ms["factor"], "—", None,
+                f"scales {min(ms['scales']):g}-{max(ms['scales']):g} + flip (the release's protocol): "
+                f"{ms['windows_per_image']} windows/image against {r['windows_per_image']}")]
+
+
 ROWS: dict[str, Callable[[list[dict]], list[dict]]] = {
     "projection": rows_projection, "extraction": rows_extraction, "loader": rows_loader,
     "train_step": rows_train_step, "teacher": rows_teacher, "remote": rows_remote, "sens": rows_sens,
+    "predict": rows_predict,
 }
 
 

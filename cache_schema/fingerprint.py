@@ -1,10 +1,11 @@
-"""Canonical hashing of JSON-able values: the basis of a cache's fingerprint."""
+"""Canonical hashing of JSON-able values (the basis of a cache's fingerprint) and of files (checkpoints)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -26,3 +27,12 @@ def canonical_json(v: Any) -> str:
 
 def canonical_hash(v: Any) -> str:
     return hashlib.sha256(canonical_json(v).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (checkpoints are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -38,6 +38,13 @@ class LabelSpace:
             lut[stored] = train_id
         return lut
 
+    def stored_ids_table(self) -> np.ndarray:
+        """The inverse lookup: training id → stored id (uint8, 256 entries; anything else → ``unlabelled``), for
+        writing predictions with the same id conventions as the dataset's own label images."""
+        lut = np.full(256, self.unlabelled, dtype=np.uint8)
+        lut[: self.num_classes] = self.ids
+        return lut
+
     def to_json(self) -> dict:
         return {"name": self.name, "ids": list(self.ids), "names": list(self.names),
                 "unlabelled": self.unlabelled, "ignore": IGNORE}

@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("inspect", "Summarize a cache, dump one frame, or render its coverage."),
     "train": ("train", "Stage two: train the 2D student purely from a cache."),
     "evaluate": ("evaluate", "Evaluate a student checkpoint on a cache (ScanNet 2D / S3DIS / NYU metrics)."),
+    "predict": ("predict", "Run a trained or exported student on your own images, folders or a ScanNet .sens."),
+    "export": ("export", "Export a trained student to ONNX or TorchScript, checked in its runtime."),
     "verify": ("verify", "Check a cache's integrity: markers, versions, checksums, statistics, NaN/Inf."),
     "pull": ("pull", "Copy a cache or a subset of its scenes, verified and resumable."),
     "merge": ("merge", "Combine caches of disjoint scenes made with the same parameters."),
@@ -53,7 +55,8 @@ class LazyGroup(click.Group):
 def main() -> None:
     """distill-cache: distill a 3D teacher's features into 2D scene-parsing networks through an offline cache.
 
-    Stage one (`extract`) writes a versioned Zarr cache; stage two (`train`, `evaluate`) reads only that cache.
+    Stage one (`extract`) writes a versioned Zarr cache; stage two (`train`, `evaluate`) reads only that cache;
+    a trained student then needs only images (`predict`, `export`).
     """
 
 

@@ -192,8 +192,8 @@ def depth_probe(checkpoint: Path, train_cache: Path, val_cache: Path, cfg: Repro
     """
     from cache_schema import open_cache
     from stages.train.checkpoint import load_checkpoint
-    from stages.train.evaluate import load_student
     from stages.train.loader import CacheLoader, LoaderConfig
+    from stages.train.predict.deployed import load_student
     from stages.train.trainer import resolve_device
 
     torch.manual_seed(seed)

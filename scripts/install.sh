@@ -9,7 +9,7 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV="${VENV:-.venv}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
-EXTRAS="${EXTRAS:-dev,spconv,s3,tensorboard}"
+EXTRAS="${EXTRAS:-dev,spconv,s3,tensorboard,export}"
 
 say() { printf '[install] %s\n' "$*"; }
 fail() { printf '[install] FAILED: %s\n' "$*" >&2; exit 1; }

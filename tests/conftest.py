@@ -95,3 +95,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def make_student_checkpoint(make_cache, tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
+    """Factory: a tiny student checkpoint (configs/tiny.yaml, iteration 0: enough for inference mechanics) of
+    `mode`, and the cache it was made from. `random_stats` replaces the running statistics of every BatchNorm and
+    DimensionNorm (and DN2's tracked target) by random ones, so that a test sees whether eval-mode normalization
+    is really used."""
+
+    def build(mode: str = "paired", name: str = "run", cache: Path | None = None,
+              random_stats: bool = False) -> tuple[Path, Path]:
+        import torch
+
+        from stages.train.checkpoint import load_checkpoint, save_checkpoint
+        from stages.train.config import CONFIG_DIR, apply_overrides, load_config
+        from stages.train.trainer import Trainer
+
+        cache = cache or make_cache(f"cache-{name}", scenes=2, frames=3, h=96, w=128, channels=8)
+        cfg = apply_overrides(load_config(CONFIG_DIR / "tiny.yaml"), {"log.progress": False, "mode": mode})
+        trainer = Trainer(cfg, cache, tmp_path / name)
+        path = trainer.save()
+        trainer.close()
+        if random_stats:
+            ckpt = load_checkpoint(path)
+            gen = torch.Generator().manual_seed(len(name))
+            for key, value in ckpt.model.items():
+                if key.endswith(("running_mean", "dn2.target_mean")):
+                    value.copy_(torch.randn(value.shape, generator=gen) * 0.2)
+                elif key.endswith(("running_var", "dn2.target_var")):
+                    value.copy_(torch.rand(value.shape, generator=gen) + 0.5)
+            save_checkpoint(path, ckpt)
+        return path, cache
+
+    return build

@@ -7,17 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.options import parse_scene_list, parse_size
-
-
-def _parse_scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers like 1.0,0.75,1.25, got {text!r}") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise click.BadParameter(f"scales must be positive numbers, got {text!r}")
-    return scales
+from pipeline.options import PROTOCOLS, parse_scales, parse_scene_list, parse_size, parse_window
 
 
 @click.command("evaluate")
@@ -25,9 +15,13 @@ def _parse_scales(text: str) -> tuple[float, ...]:
               help="A student checkpoint written by `distill-cache train` (e.g. RUN/last.pt).")
 @click.option("--cache", required=True, help="Cache to evaluate on (path or URL), e.g. the validation split.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (scores, per-class table) on stdout.")
-@click.option("--scales", default="1.0", show_default=True,
-              help="Comma-separated test scales whose softmax is averaged, e.g. 1.0,0.75,1.25.")
-@click.option("--flip", is_flag=True, help="Also average horizontally flipped predictions.")
+@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default="paper", show_default=True,
+              help="Test protocol: 'paper' = whole frames, one scale, no flip (the paper's Table 3); 'release' = "
+              "scales 0.5-1.75 with flips over sliding windows of the training crop (the authors' release). "
+              "--scales/--flip/--window override its parts.")
+@click.option("--scales", help="Comma-separated test scales whose softmax is averaged, e.g. 0.5,0.75,1,1.25.")
+@click.option("--flip/--no-flip", default=None, help="Also average horizontally flipped predictions.")
+@click.option("--window", help="'whole' (the frame at once), 'crop' (sliding windows of the training crop) or WxH.")
 @click.option("--save-predictions", type=click.Path(file_okay=False, path_type=Path),
               help="Write predictions as PNGs of stored ids (NYU40 ids for ScanNet) to DIR/<scene>/<frame_id>.png.")
 @click.option("--compare-size", default="auto", show_default=True,
@@ -40,8 +34,8 @@ def _parse_scales(text: str) -> tuple[float, ...]:
 @click.option("--force", is_flag=True, help="Evaluate even if the cache was made with other parameters (teacher, "
               "projection, encoding, label space) than the training cache.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(checkpoint, cache, as_json, scales, flip, save_predictions, compare_size, scenes, batch_size, workers,
-            device, force, quiet):
+def command(checkpoint, cache, as_json, protocol, scales, flip, window, save_predictions, compare_size, scenes,
+            batch_size, workers, device, force, quiet):
     """Evaluate a trained student on CACHE: mIoU, mAcc, pixel accuracy and a per-class table (ScanNet 2D benchmark
     semantics; S3DIS 13 classes; NYU-v2 on the 20 ScanNet classes). The student sees only the images."""
     from cache_schema import CacheError
@@ -54,8 +48,11 @@ def command(checkpoint, cache, as_json, scales, flip, save_predictions, compare_
     else:
         w, h = parse_size(compare_size)
         size = (h, w)
-    cfg = EvalConfig(scales=_parse_scales(scales), flip=flip, batch_size=batch_size, workers=workers, device=device,
-                     compare_size=size)
+    preset = PROTOCOLS[protocol]
+    cfg = EvalConfig(scales=parse_scales(scales) if scales else preset["scales"],
+                     flip=preset["flip"] if flip is None else flip,
+                     window=parse_window(window) if window else preset["window"], batch_size=batch_size,
+                     workers=workers, device=device, compare_size=size)
     scene_list = parse_scene_list(scenes)
     try:
         result = evaluate(checkpoint, cache, cfg, force=force, save_predictions=save_predictions,

@@ -2,8 +2,10 @@
 
 Metrics are `stages.train.metrics` (ScanNet 2D benchmark semantics; S3DIS's 13 classes; NYU-v2 on the 20 ScanNet
 classes). Ground truth and predictions are compared at ``compare_size``: 640×480 (nearest) for the NYU40/ScanNet
-label space as the benchmark does, the stored size otherwise. Optional multi-scale and flip testing averages the
-softmax probabilities at the input size. Predictions can be written as PNGs of stored ids (NYU40 ids for ScanNet).
+label space as the benchmark does, the stored size otherwise. Predictions come from the inference path `predict`
+shares (`stages.train.predict.inference`): the whole frame at once by default (the paper's protocol), or sliding
+windows of the training crop (``window="crop"``), each optionally over several scales and flips (the authors'
+release tests scales 0.5-1.75 with flips). Predictions can be written as PNGs of stored ids (NYU40 ids for ScanNet).
 
 Provenance: a checkpoint is refused on a cache made with other parameters (teacher, projection, encoding, label
 space, dataset) unless ``force``; the scene list may differ (evaluation runs on the validation split).
@@ -22,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from cache_schema import CacheReader, LabelSpace, open_cache
-from cache_schema.labels import IGNORE, SCANNET20
-from stages.train.checkpoint import Checkpoint, ProvenanceError, load_checkpoint, provenance_problems
+from cache_schema.labels import SCANNET20
+from stages.train.checkpoint import ProvenanceError, load_checkpoint, provenance_problems
 from stages.train.metrics import SegmentationMetric, SegmentationScores
-from stages.train.model.student import Student
-from stages.train.trainer import resolve_device, student_config_from_json
+from stages.train.predict.deployed import DeployedStudent, training_crop, training_mode
+from stages.train.predict.inference import InferenceConfig, WindowSpec, predict_probabilities, resolve_window
+from stages.train.trainer import resolve_device
 
 SCANNET_BENCHMARK_SIZE = (480, 640)  # (H, W) at which the ScanNet 2D benchmark compares label maps
 
@@ -35,6 +38,8 @@ SCANNET_BENCHMARK_SIZE = (480, 640)  # (H, W) at which the ScanNet 2D benchmark 
 class EvalConfig:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
+    window: WindowSpec = "whole"  # "whole" frame (the paper's protocol), "crop" (training crop, semseg's) or (H, W)
+    stride_rate: float = 2 / 3  # sliding-window step as a fraction of the window
     batch_size: int = 4
     workers: int = 2
     device: str = "auto"
@@ -45,6 +50,12 @@ class EvalConfig:
             raise ValueError(f"scales must be positive, got {self.scales}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def inference(self, crop: int) -> InferenceConfig:
+        """The shared inference path's settings for a student trained on crop × crop crops."""
+        return InferenceConfig(scales=tuple(self.scales), flip=self.flip,
+                               window=resolve_window(self.window, crop, None), stride_rate=self.stride_rate,
+                               max_batch=2 * self.batch_size)
 
 
 @dataclass
@@ -58,12 +69,13 @@ class EvalResult:
     iteration: int
     mode: str
     warnings: list[str] = field(default_factory=list)
+    protocol: dict = field(default_factory=dict)  # InferenceConfig.describe(): scales, flip, window
 
     def to_json(self) -> dict:
         return {"checkpoint": self.checkpoint, "cache": self.cache, "iteration": self.iteration, "mode": self.mode,
                 "label_space": self.label_space.name, "frames": self.frames,
-                "compare_size": list(self.compare_size) if self.compare_size else None, **self.scores.to_json(),
-                "warnings": self.warnings}
+                "compare_size": list(self.compare_size) if self.compare_size else None, "protocol": self.protocol,
+                **self.scores.to_json(), "warnings": self.warnings}
 
 
 @dataclass
@@ -74,34 +86,6 @@ class ImageOnlyBatch:
     image: torch.Tensor
     labels: torch.Tensor
     index: torch.Tensor
-
-
-def load_student(ckpt: Checkpoint, device: torch.device | str = "cpu") -> Student:
-    """The student of a checkpoint in eval mode (DN1's 3D statistics come from the state_dict)."""
-    student = Student(student_config_from_json(ckpt.student_config_json))
-    student.load_state_dict(ckpt.model)
-    return student.to(device).eval()
-
-
-@torch.no_grad()
-def predict_probabilities(model: Student, image: torch.Tensor, scales: tuple[float, ...] = (1.0,),
-                          flip: bool = False) -> torch.Tensor:
-    """Softmax probabilities (B, K, H, W) averaged over scales (and horizontal flips) at the input size."""
-    size = image.shape[-2:]
-    total = None
-    for s in scales:
-        x = image if s == 1.0 else F.interpolate(
-            image, (max(8, round(size[0] * s)), max(8, round(size[1] * s))), mode="bilinear", align_corners=True)
-        views = [(x, False), (x.flip(-1), True)] if flip else [(x, False)]
-        for v, flipped in views:
-            logits = model(v).logits.float()
-            if flipped:
-                logits = logits.flip(-1)
-            if logits.shape[-2:] != size:
-                logits = F.interpolate(logits, size, mode="bilinear", align_corners=True)
-            p = logits.softmax(dim=1)
-            total = p if total is None else total + p
-    return total / (len(scales) * (2 if flip else 1))
 
 
 def resolve_compare_size(spec: tuple[int, int] | None | str, space: LabelSpace) -> tuple[int, int] | None:
@@ -124,9 +108,7 @@ class PredictionWriter:
 
     def __init__(self, root: Path, reader: CacheReader, frame_table: list[tuple[str, int]], space: LabelSpace):
         self.root, self.reader, self.frame_table = root, reader, frame_table
-        lut = np.full(256, IGNORE, np.uint8)
-        lut[: space.num_classes] = space.ids
-        self.lut = lut
+        self.lut = space.stored_ids_table()
         self.frame_ids: dict[str, np.ndarray] = {}
 
     def write(self, pred: torch.Tensor, index: torch.Tensor) -> None:
@@ -165,12 +147,13 @@ def evaluate(checkpoint: str | Path, cache: str | Path, cfg: EvalConfig | None =
         warnings.append(text)
         echo(f"warning: evaluating on a differently made cache (--force):\n  {text}")
     space = LabelSpace.from_json(reader.manifest.dataset.label_space)
-    model = load_student(ckpt, device)
-    if model.config.num_classes != space.num_classes:
-        raise ProvenanceError(f"{checkpoint}: the model predicts {model.config.num_classes} classes, the cache's "
+    model = DeployedStudent.from_checkpoint(ckpt, device)
+    if model.num_classes != space.num_classes:
+        raise ProvenanceError(f"{checkpoint}: the model predicts {model.num_classes} classes, the cache's "
                               f"label space {space.name} has {space.num_classes}: they cannot be compared (even with "
                               "--force)")
     compare = resolve_compare_size(cfg.compare_size, space)
+    inference = cfg.inference(training_crop(ckpt))
     metric = SegmentationMetric(space, device=device)
     lcfg = LoaderConfig(batch_size=cfg.batch_size, train=False, drop_last=False, workers=cfg.workers)
     frames = 0
@@ -181,7 +164,7 @@ def evaluate(checkpoint: str | Path, cache: str | Path, cfg: EvalConfig | None =
                         disable=not progress):
             batch = ImageOnlyBatch(image=raw.image, labels=raw.labels, index=raw.index)
             del raw
-            pred = predict_probabilities(model, batch.image, cfg.scales, cfg.flip).argmax(dim=1)
+            pred = predict_probabilities(model, batch.image, inference).argmax(dim=1)
             labels = batch.labels
             if compare is not None:
                 pred, labels = _resize_nearest(pred, compare), _resize_nearest(labels, compare)
@@ -189,19 +172,9 @@ def evaluate(checkpoint: str | Path, cache: str | Path, cfg: EvalConfig | None =
             if writer is not None:
                 writer.write(pred, batch.index)
             frames += batch.image.shape[0]
-    cfg_mode = _mode_of(ckpt)
     return EvalResult(scores=metric.compute(), frames=frames, label_space=space, compare_size=compare,
-                      checkpoint=str(checkpoint), cache=str(reader.url), iteration=ckpt.iteration, mode=cfg_mode,
-                      warnings=warnings)
-
-
-def _mode_of(ckpt: Checkpoint) -> str:
-    import json
-
-    try:
-        return str(json.loads(ckpt.config_json).get("mode", "?"))
-    except (ValueError, AttributeError):
-        return "?"
+                      checkpoint=str(checkpoint), cache=str(reader.url), iteration=ckpt.iteration,
+                      mode=training_mode(ckpt), warnings=warnings, protocol=inference.describe())
 
 
 def format_result(result: EvalResult) -> str:
@@ -212,6 +185,7 @@ def format_result(result: EvalResult) -> str:
     def pct(x: float) -> str:
         return "-" if math.isnan(x) else f"{100 * x:.2f}"
 
+    protocol = result.protocol.get("summary", "?")
     return (f"{result.label_space.name}: {result.frames} frames compared at {size} ({result.mode} model, "
-            f"iteration {result.iteration})\n{s.table()}\n"
+            f"iteration {result.iteration}; {protocol})\n{s.table()}\n"
             f"mIoU {pct(s.miou)}  mAcc {pct(s.macc)}  pixel accuracy {pct(s.pixel_accuracy)}")

@@ -116,3 +116,17 @@ def test_cache_size_rows_per_feature_encoding():
     assert size["Cache size (float16 features): teacher content bytes/frame"]["status"] == "**missed**"
     assert size["Cache size (uint8 features): teacher content bytes/frame"]["status"] == "met"
     assert sum("Extraction: teacher" in r["measure"] for r in rows) == 1
+
+
+def test_predict_rows():
+    """bench_predict's JSON line becomes two rows: onnxruntime over PyTorch images/s, and the multi-scale factor."""
+    result = {"bench": "predict", "threads": 2, "depth": 50, "channels": 96, "size": "640x480", "crop": 473,
+              "images": 2, "batch": 2, "repeats": 3, "windows_per_image": 2, "onnxruntime_version": "1.32.0",
+              "max_rel_diff_onnx_vs_torch": 2e-6, "torch_images_per_s": 0.25, "onnxruntime_images_per_s": 0.4,
+              "onnxruntime_over_torch": 1.6,
+              "multiscale": {"scales": [0.5, 1.75], "flip": True, "windows_per_image": 58, "seconds_per_image": 100.0,
+                             "single_seconds_per_image": 4.0, "factor": 25.0}}
+    rows = rows_for("predict", {"status": "ok", "item": "extra", "results": [result]})
+    assert [r["ratio"] for r in rows] == [1.6, 25.0]
+    assert rows[0]["value"] == "0.4 img/s" and rows[0]["reference"] == "PyTorch 0.25 img/s"
+    assert "58 windows/image against 2" in rows[1]["note"] and rows[1]["value"] == "100 s/img"

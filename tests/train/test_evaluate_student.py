@@ -11,22 +11,16 @@ import torch
 from cache_schema import SCANNET20, open_cache
 from stages.train.batch import Batch
 from stages.train.checkpoint import ProvenanceError, load_checkpoint
-from stages.train.config import CONFIG_DIR, apply_overrides, load_config
-from stages.train.evaluate import EvalConfig, evaluate, load_student, predict_probabilities
-from stages.train.trainer import Trainer
+from stages.train.evaluate import EvalConfig, evaluate
+from stages.train.predict import DeployedStudent, InferenceConfig, predict_probabilities
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def trained(make_cache, tmp_path):
+def trained(make_student_checkpoint):
     """A paired student checkpoint (iteration 0 is enough for evaluation mechanics) and its cache."""
-    cache = make_cache("cache", scenes=2, frames=3, h=96, w=128, channels=8)
-    cfg = apply_overrides(load_config(CONFIG_DIR / "tiny.yaml"), {"log.progress": False})
-    trainer = Trainer(cfg, cache, tmp_path / "run")
-    path = trainer.save()
-    trainer.close()
-    return path, cache
+    return make_student_checkpoint("paired")
 
 
 def native(**kw) -> EvalConfig:
@@ -93,15 +87,42 @@ def test_evaluation_never_reads_3d_features(trained, monkeypatch):
 
 def test_test_time_augmentation(trained):
     ckpt, _ = trained
-    model = load_student(load_checkpoint(ckpt))
+    model = DeployedStudent.from_checkpoint(load_checkpoint(ckpt))
     x = torch.randn(2, 3, 41, 57)
     with torch.no_grad():
-        plain = model(x).logits.softmax(1)
+        plain = model(x).softmax(1)
     assert torch.allclose(predict_probabilities(model, x), plain, atol=1e-6)
-    flipped = predict_probabilities(model, x, flip=True)
-    assert torch.allclose(predict_probabilities(model, x.flip(-1), flip=True), flipped.flip(-1), atol=1e-5)
-    multi = predict_probabilities(model, x, scales=(1.0, 0.75, 1.25), flip=True)
+    flipped = predict_probabilities(model, x, InferenceConfig(flip=True))
+    assert torch.allclose(predict_probabilities(model, x.flip(-1), InferenceConfig(flip=True)), flipped.flip(-1),
+                          atol=1e-5)
+    multi = predict_probabilities(model, x, InferenceConfig(scales=(1.0, 0.75, 1.25), flip=True))
     assert multi.shape == plain.shape and torch.allclose(multi.sum(1), torch.ones(2, 41, 57), atol=1e-5)
+
+
+def test_sliding_window_evaluation_goes_through_the_shared_path(trained, monkeypatch):
+    """`window="crop"` runs the student only on crops of the training crop (tiny.yaml: 65) and records the protocol;
+    a crop as large as the frame gives exactly the whole-frame scores."""
+    import stages.train.evaluate as ev
+
+    ckpt, cache = trained
+    seen = set()
+    original = DeployedStudent.forward
+
+    def spy(self, image):
+        seen.add(tuple(image.shape[-2:]))
+        return original(self, image)
+
+    monkeypatch.setattr(DeployedStudent, "forward", spy)
+    result = evaluate(ckpt, cache, native(window="crop", flip=True), progress=False)
+    assert seen == {(65, 65)} and result.frames == 6
+    assert result.protocol["window"] == [65, 65] and result.protocol["flip"] is True
+    assert result.to_json()["protocol"]["summary"] == "single scale + flip, 65x65 sliding window"
+    monkeypatch.setattr(ev, "training_crop", lambda ckpt: 128)  # frames are 96x128: one padded window
+    seen.clear()
+    evaluate(ckpt, cache, native(window="crop"), progress=False)
+    assert seen == {(128, 128)}
+    whole = evaluate(ckpt, cache, native(window=(96, 128)), progress=False).scores
+    assert np.array_equal(whole.tp, evaluate(ckpt, cache, native(), progress=False).scores.tp)
 
 
 def test_evaluation_refuses_a_differently_made_cache(trained, make_cache):

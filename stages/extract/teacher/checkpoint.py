@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from cache_schema.fingerprint import file_sha256
 
 
 def sidecar_path(checkpoint: str | Path) -> Path:
@@ -34,11 +35,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def checkpoint_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

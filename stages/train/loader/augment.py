@@ -27,6 +27,11 @@ import torch.nn.functional as F
 
 from cache_schema import IGNORE
 
+# The student's input normalization (ImageNet statistics of RGB in [0, 1]): the loader applies it in training and
+# evaluation, `predict` to a user's images, and an exported student's sidecar records it.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
 
 def _h(a: np.ndarray) -> np.ndarray:
     return np.vstack([a, [0.0, 0.0, 1.0]])

@@ -28,6 +28,8 @@ from cache_schema import IGNORE, CacheError, CacheReader, FrameBlock, LabelSpace
 from stages.train.batch import Batch
 
 from .augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     normalization_coeffs,
     resize_transform,
     train_transform,
@@ -57,8 +59,8 @@ class LoaderConfig:
     prefetch_batches: int = 4  # batches made ahead of the consumer
     seed: int = 0
     drop_last: bool = True  # training only; evaluation keeps the last partial batch
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     image_size: tuple[int, int] | None = None  # evaluation resize (H, W); None = stored size
     augment_on: str = "auto"  # auto | workers | device: where warp/normalize/scatter run (auto: device on CUDA)
     gpu_decode: bool = True  # nvJPEG via torchvision.io.decode_jpeg when on CUDA in device mode and available
