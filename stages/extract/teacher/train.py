@@ -98,12 +98,16 @@ def evaluate_scenes(net: Res16UNet, ops: SparseOps, scenes: Sequence[SceneRecord
             "accuracy": float(np.trace(conf) / total) if total else 0.0, "points": int(total)}
 
 
-def training_backend() -> str:
-    """`auto` for training: MinkowskiEngine where it imports (its CPU backward is ~5x faster than the pure-torch
-    one here), else torch. Never spconv: its multithreaded CPU kernels are not deterministic (see backend_spconv)."""
-    from .backends import available_backends
+def training_backend(device: str = "cpu") -> str:
+    """`auto` for training: MinkowskiEngine where it imports and runs on `device` (its CPU backward is ~5x faster
+    than the pure-torch one here), else torch. Never spconv: its multithreaded CPU kernels are not deterministic
+    (see backend_spconv)."""
+    from .backends import resolve_backend
 
-    return "minkowski" if available_backends().get("minkowski", "").split(":")[0] != "unavailable" else "torch"
+    try:
+        return resolve_backend("minkowski", device)
+    except RuntimeError:
+        return "torch"
 
 
 def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecord], label_space: LabelSpace,
@@ -126,7 +130,8 @@ def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecor
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = torch.device(cfg.device)
-    backend = resolve_backend(cfg.backend if cfg.backend != "auto" else training_backend())
+    backend = resolve_backend(cfg.backend if cfg.backend != "auto" else training_backend(cfg.device),
+                              cfg.device)
     ops = get_ops(backend, cfg.device)
     net = Res16UNet(cfg.in_channels, cfg.num_classes, cfg.architecture)
     net.reset_parameters(seed)
