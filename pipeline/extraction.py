@@ -178,6 +178,8 @@ def run_extraction(dataset: DatasetSpec, teacher: TeacherSpec | None, out: Path,
     distributed = workers > 1 or scheduler is not None
     if teacher is not None:
         info = dict(_teacher(_describing_teacher(teacher) if distributed else teacher).info)
+        if distributed:  # every worker builds the backend the manifest records, whatever `auto` would pick there
+            teacher = replace(teacher, backend=info["backend"])
         log(f"teacher: {info['architecture']} ({info['checkpoint_sha256'][:19]}), backend {info['backend']}, "
             f"{info['channels']} channels from {info['feature_layer']}")
     manifest = build_manifest(dataset, info, job, version)

@@ -86,3 +86,17 @@ def test_task_resources_ask_for_a_gpu_only_where_workers_have_one():
     assert task_resources("cuda:0", gpu_workers) == {GPU_RESOURCE: 1}
     assert task_resources("cuda", plain) is None  # nobody could ever run a task that asked for one
     assert task_resources("cpu", gpu_workers) is None
+
+
+def test_the_driver_describes_a_cuda_teacher_on_the_cpu_with_the_workers_backend(monkeypatch):
+    """With dask workers the driver builds the teacher only to describe the cache: on the CPU (no GPU memory held
+    beside the workers), with the backend `auto` resolves for CUDA; the workers then build that same backend."""
+    from pipeline.extraction import TeacherSpec, _describing_teacher
+    from stages.extract.teacher import backends
+
+    monkeypatch.setattr(backends, "_probe", lambda name: (True, "1.0"))
+    monkeypatch.setattr(backends, "cuda_support", lambda name: (name == "torch", "its build is CPU-only"))
+    described = _describing_teacher(TeacherSpec(device="cuda:1", backend="auto"))
+    assert (described.device, described.backend) == ("cpu", "torch")  # spconv here has no CUDA kernels
+    cpu = TeacherSpec(device="cpu", backend="auto")
+    assert _describing_teacher(cpu) is cpu
