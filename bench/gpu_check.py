@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -103,11 +104,15 @@ DRY = Plan(
 
 
 class StepError(RuntimeError):
-    """A step's own failure: its message and the output tail that explains it."""
+    """A step's own failure: its message, the output tail that explains it, whether a timeout ended it."""
 
-    def __init__(self, message: str, tail: str = ""):
+    def __init__(self, message: str, tail: str = "", timed_out: bool = False):
         super().__init__(message)
         self.tail = tail
+        self.timed_out = timed_out
+
+    def record(self) -> dict:
+        return {"status": "timeout" if self.timed_out else "failed", "error": str(self), "error_tail": self.tail}
 
 
 @dataclass
@@ -166,7 +171,7 @@ class Check:
         self.log(done.stderr)
         self.log(f"=== {key}: exit {done.returncode} after {done.seconds:.1f} s")
         if done.timed_out:
-            raise StepError(f"{key} timed out after {limit:.0f} s", _tail(done))
+            raise StepError(f"{key} timed out after {limit:.0f} s", _tail(done), timed_out=True)
         if done.returncode != 0:
             raise StepError(f"{key} exited {done.returncode}: {last_line(done.stderr) or last_line(done.stdout)}",
                             _tail(done))
@@ -190,7 +195,7 @@ class Check:
             if entry["status"] == "running":
                 entry["status"] = "ok"
         except StepError as e:
-            entry.update(status="timeout" if "timed out" in str(e) else "failed", error=str(e), error_tail=e.tail)
+            entry.update(e.record())
         except Exception as e:  # a bug in the step itself: recorded like a failing command
             entry.update(status="failed", error=f"{type(e).__name__}: {e}",
                          error_tail=traceback.format_exc()[-TAIL:])
@@ -208,9 +213,13 @@ def _tail(done: Finished) -> str:
 
 # ------------------------------------------------------------------------------------------------------ the steps
 
+CUDA_MARK = re.compile(r"^\s*(pytestmark\s*=\s*pytest\.mark\.cuda|@pytest\.mark\.cuda)\b", re.MULTILINE)
+
+
 def cuda_test_files(tests: Path = REPO / "tests") -> list[Path]:
-    """The test files that hold CUDA-marked tests (read as text: importing them here would need torch)."""
-    return sorted(p for p in tests.rglob("test_*.py") if "pytest.mark.cuda" in p.read_text())
+    """The test files that mark tests `cuda` (a module's `pytestmark` or a test's decorator; read as text, since
+    importing them here would need torch)."""
+    return sorted(p for p in tests.rglob("test_*.py") if CUDA_MARK.search(p.read_text()))
 
 
 def parse_junit(path: Path) -> list[dict]:
@@ -236,17 +245,18 @@ def step_tests(check: Check) -> dict:
     junit = check.work / "cuda-tests.xml"
     cmd = [check.python, "-m", "pytest", *map(str, files), "-m", "cuda", "-q", "-rA", "-p", "no:cacheprovider",
            f"--junitxml={junit}"]
-    result: dict = {"files": [str(f.relative_to(REPO)) for f in files], "command": " ".join(cmd[1:])}
-    try:
-        check.command("tests", cmd)
-    finally:  # the per-test record is wanted most when something failed
-        if junit.exists():
-            cases = parse_junit(junit)
-            result["tests"] = cases
-            result["summary"] = {k: sum(c["outcome"] == k for c in cases)
-                                 for k in ("passed", "failed", "error", "skipped")}
-    if not result.get("summary", {}).get("passed"):
-        raise StepError("no CUDA test passed (all skipped: is CUDA visible to torch?)")
+    result: dict = {"files": [str(f.relative_to(REPO) if f.is_relative_to(REPO) else f) for f in files],
+                    "command": " ".join(cmd[1:])}
+    try:  # no third-party pytest plugins: the device's image has several, and these tests need none
+        check.command("tests", cmd, env=check.env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"))
+    except StepError as e:  # recorded with the per-test results, which are wanted most when something failed
+        result.update(e.record())
+    if junit.exists():
+        cases = parse_junit(junit)
+        result["tests"] = cases
+        result["summary"] = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failed", "error", "skipped")}
+    if "status" not in result and not result.get("summary", {}).get("passed"):
+        result.update(status="failed", error="no CUDA test passed (all skipped: is CUDA visible to torch?)")
     return result
 
 

@@ -102,6 +102,22 @@ def test_failing_hanging_and_broken_steps_are_recorded_and_the_next_step_runs(tm
     assert "boom" in log and "=== step hangs: timeout" in log
 
 
+def test_a_failing_cuda_test_is_recorded_with_every_test_result(tmp_path, monkeypatch):
+    tests = tmp_path / "test_fake_cuda.py"
+    tests.write_text("import pytest\npytestmark = pytest.mark.cuda\n\n"
+                     "def test_good():\n    pass\n\n"
+                     "def test_bad():\n    assert 1 + 1 == 3, 'arithmetic on the device'\n\n"
+                     "@pytest.mark.skip(reason='not here')\ndef test_skipped():\n    pass\n")
+    monkeypatch.setattr(gpu_check, "cuda_test_files", lambda: [tests])
+    check = _check(tmp_path)
+    entry = check.run_step("tests", gpu_check.step_tests)
+    assert entry["status"] == "failed" and entry["error"].startswith("tests exited 1")
+    assert entry["summary"] == {"passed": 1, "failed": 1, "error": 0, "skipped": 1}
+    bad = next(t for t in entry["tests"] if t["name"].endswith("::test_bad"))
+    assert bad["outcome"] == "failed" and "arithmetic on the device" in bad["message"]
+    assert gpu_check.figures(check.report["steps"])["tests_failed"] == 1
+
+
 def test_steps_left_without_time_are_skipped(tmp_path):
     check = _check(tmp_path, budget=gpu_check.MIN_STEP_S - 1)
     ran = []
