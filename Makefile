@@ -20,12 +20,16 @@ EXTRACT_FLAGS ?=
 TRAIN_FLAGS ?=
 RUN ?= $(WORK)/train
 PYTEST_FLAGS ?=
+GPU_CHECK_FLAGS ?=
+# gpu-check runs where no .venv exists too (a lent GPU machine: its python3 holds torch, .whl/ the rest)
+GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
 
 # extract's teacher options in the extract recipes: the control, or the checkpoint in their shell variable ckpt
 # (when there is none, extract itself says that one is needed)
 TEACHER_FLAGS = $(if $(filter label-embedding,$(TEACHER)),--teacher label-embedding,$${ckpt:+--teacher-checkpoint $$ckpt})
 
-.PHONY: help install test lint demo reproduce bench extract-scannet extract-s3dis train evaluate clean
+.PHONY: help install test lint demo reproduce bench gpu-check gpu-check-dry gpu-wheels extract-scannet extract-s3dis \
+	train evaluate clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -47,6 +51,15 @@ reproduce: install  ## the paper's tables on the synthetic world -> runs/reprodu
 
 bench: install  ## speed, size and cost against references -> bench/results.json, bench/README.md
 	$(PY) -m bench.run
+
+gpu-check:  ## every CUDA path tested and measured on this GPU (<= 8 min) -> gpu_check.json in OUT (runs/gpu-check)
+	PYTHON=$(GPU_PY) bash scripts/gpu_check.sh $(GPU_CHECK_FLAGS)
+
+gpu-check-dry: install  ## the same check on the CPU with tiny sizes (make test runs it too)
+	PYTHON=$(PY) bash scripts/gpu_check.sh --dry-run $(GPU_CHECK_FLAGS)
+
+gpu-wheels:  ## download into .whl/ the wheels a lent GPU machine lacks for gpu-check (~13 MB)
+	PYTHON=$(GPU_PY) bash scripts/gpu_wheels.sh
 
 extract-scannet: install  ## stage one on ScanNet (SCANNET_ROOT=... CACHE=... CHECKPOINT=... or TEACHER=label-embedding; synthetic if no root)
 	@set -e; root="$(SCANNET_ROOT)"; ckpt="$(CHECKPOINT)"; \

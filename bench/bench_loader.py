@@ -16,11 +16,12 @@ Per core = frames/s ÷ min(cores, threads) for both; ratio = loader ÷ decode bo
 the same, it equals the ratio of the per-core figures). The decode bound is measured before and after the loader
 runs and averaged (the machine's load drifts). One JSON line per mode.
 
-With `--device cuda` two more lines: (d) batches/s delivered to the GPU (device mode: nvJPEG when torchvision is
-installed, warp/normalize/scatter on the GPU, copies on a side stream), each batch synchronized as used; (e) the
-trainer's data-wait fraction: `distill-cache train --mode paired` (PSPNet-`--depth`, batch 16, crop 473, AMP) on
-the same cache for `--train-iters` iterations, read from its log.csv (the mean of data_wait_frac over the logged
-intervals after the first).
+With `--device cuda` the train line carries two more measurements: (d) batches/s delivered to the GPU (device mode:
+nvJPEG when torchvision is installed, warp/normalize/scatter on the GPU, copies on a side stream), each batch
+synchronized as used; (e) the trainer's data-wait fraction: `distill-cache train --mode paired` (PSPNet-`--depth`,
+batch `--train-batch` 16, crop `--train-crop` 473, `--amp`) on the same cache for `--train-iters` iterations, read
+from its log.csv (the mean of data_wait_frac over the logged intervals after the first). `--gpu-path` takes both on
+any device: on the CPU, with small settings, it only checks that this code still runs (`bench.run --smoke`).
 
     .venv/bin/python bench/bench_loader.py [--frames 200] [--workers 2] [--runs 5] [--mode train|eval|both]
     .venv/bin/python bench/bench_loader.py --device cuda --workers 8
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import statistics
@@ -176,6 +178,7 @@ def gpu_rate(cache_path: Path, cfg: LoaderConfig, runs: int, device: str) -> dic
     any device (a test drives it on the CPU with the device-mode loader); the figures mean something on CUDA."""
     import torch
 
+    cfg = dataclasses.replace(cfg, augment_on="device")  # what the trainer's loader does on CUDA, here on any device
     loader = CacheLoader(open_cache(cache_path), cfg, device=device)
     cuda = torch.device(device).type == "cuda"
 
@@ -199,19 +202,19 @@ def gpu_rate(cache_path: Path, cfg: LoaderConfig, runs: int, device: str) -> dic
 
 
 def trainer_wait(cache_path: Path, device: str, depth: int, iters: int, workers: int, *, batch_size: int = 16,
-                 crop: int = 473) -> dict:
+                 crop: int = 473, amp: str = "auto") -> dict:
     """The trainer's data-wait fraction on `device` from its own log (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pipeline.cli", "train", "--cache", str(cache_path), "--out", f"{tmp}/run",
                "--mode", "paired", "--iters", str(iters), "--batch-size", str(batch_size), "--crop", str(crop),
-               "--depth",
-               str(depth), "--device", device, "--workers", str(workers), "--checkpoint-every", str(iters),
-               "--set", "log.every=10", "--quiet"]
+               "--depth", str(depth), "--amp", amp, "--device", device, "--workers", str(workers),
+               "--checkpoint-every", str(iters), "--set", f"log.every={min(10, iters)}", "--quiet"]
         subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
         with open(f"{tmp}/run/log.csv") as f:
             rows = list(csv.DictReader(f))
     later = rows[1:] or rows
-    return {"train_iters": iters, "train_depth": depth,
+    return {"train_iters": iters, "train_depth": depth, "train_batch": batch_size, "train_crop": crop,
+            "train_amp": amp,
             "data_wait_frac": round(statistics.mean(float(r["data_wait_frac"]) for r in later), 4),
             "step_time_s": round(statistics.median(float(r["step_time"]) for r in later), 4),
             "frames_per_s_training": round(statistics.median(float(r["frames_per_s"]) for r in later), 1)}
@@ -228,8 +231,14 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=None, help="reuse/build the cache here instead of a temp dir")
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: adds batches/s to the GPU and the trainer's "
                    "data-wait fraction")
+    p.add_argument("--gpu-path", action="store_true", help="take the --device cuda measurements (batches/s delivered, "
+                   "the trainer's data wait) on --device whatever it is (default: only on cuda)")
     p.add_argument("--depth", type=int, default=50, help="--device cuda: the student trained for the data-wait figure")
     p.add_argument("--train-iters", type=int, default=60, help="--device cuda: training iterations for data wait")
+    p.add_argument("--train-batch", type=int, default=16, help="--device cuda: batch of the data-wait training")
+    p.add_argument("--train-crop", type=int, default=473, help="--device cuda: crop of the data-wait training")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="--device cuda: mixed precision of the data-wait training")
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
     threads = max(args.workers, 1)
@@ -251,10 +260,11 @@ def main() -> None:
         profile = stage_profile(path, LoaderConfig(batch_size=args.batch_size, workers=1)) if "train" in modes \
             else None
         gpu = None
-        if args.device.startswith("cuda"):
+        if args.device.startswith("cuda") or args.gpu_path:
             gpu = gpu_rate(path, LoaderConfig(batch_size=args.batch_size, workers=args.workers), args.runs,
                            args.device)
-            gpu |= trainer_wait(path, args.device, args.depth, args.train_iters, args.workers)
+            gpu |= trainer_wait(path, args.device, args.depth, args.train_iters, args.workers,
+                                batch_size=args.train_batch, crop=args.train_crop, amp=args.amp)
         after = decode_rate(jpegs, threads, args.runs)  # again after: the machine's load drifts
     decode = (before + after) / 2
     per = min(cores, threads)

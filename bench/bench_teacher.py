@@ -32,7 +32,7 @@ def room(spacing: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(spacing: float = 0.05, repeats: int = 5, warmup: int = 1, device: str = "cpu",
-        backends: list[str] | None = None) -> dict:
+        backends: list[str] | None = None, architecture: str = "Res16UNet34C") -> dict:
     import torch
 
     from stages.extract.teacher import TeacherConfig, available_backends, load_teacher
@@ -40,7 +40,7 @@ def run(spacing: float = 0.05, repeats: int = 5, warmup: int = 1, device: str = 
     from stages.extract.teacher.voxelize import voxelize
 
     points, colors = room(spacing)
-    cfg = TeacherConfig()
+    cfg = TeacherConfig(architecture=architecture)
     voxels = int(voxelize(points, cfg.voxel_size, align=MAX_STRIDE).coords.shape[0])
     versions = available_backends()
     wanted = backends or list(versions)
@@ -57,7 +57,8 @@ def run(spacing: float = 0.05, repeats: int = 5, warmup: int = 1, device: str = 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # MinkowskiEngine's CPU_ONLY notice
-                teacher = load_teacher(TeacherConfig(backend=b, device=device), init="random", seed=0)
+                teacher = load_teacher(TeacherConfig(architecture=architecture, backend=b, device=device),
+                                       init="random", seed=0)
             for _ in range(max(warmup, 1)):  # the warm-up call also gives the features compared below
                 features[b] = teacher.point_features(points, colors)
         except Exception as e:  # a backend that cannot run here is reported, not fatal to the others
@@ -98,12 +99,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="torch device of the teacher (cpu, cuda)")
     ap.add_argument("--backends", default="", help="comma list (default: every known backend)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave as is)")
+    ap.add_argument("--architecture", default="Res16UNet34C", help="Res16UNet variant (smaller ones for smoke runs)")
     a = ap.parse_args()
     if a.threads:
         import torch
 
         torch.set_num_threads(a.threads)
-    emit(run(a.spacing, a.repeats, a.warmup, a.device, [b for b in a.backends.split(",") if b] or None))
+    emit(run(a.spacing, a.repeats, a.warmup, a.device, [b for b in a.backends.split(",") if b] or None,
+             a.architecture))
 
 
 if __name__ == "__main__":

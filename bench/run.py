@@ -2,8 +2,9 @@
 
     python -m bench.run                          # full mode, CPU -> bench/results.json, table in bench/README.md
     python -m bench.run --quick                  # fewer repeats / smaller inputs: a fast pass
-    python -m bench.run --device cuda            # GPU figures where a benchmark has --device
+    python -m bench.run --device cuda            # GPU figures where a benchmark has --device, at the paper's sizes
     python -m bench.run --only projection,loader --out /tmp/bench
+    python -m bench.run --smoke                  # tiny inputs: do the scripts still run? (figures mean nothing)
 
 Each benchmark runs as its own subprocess (`python -m bench.bench_<name> ...`) so that one crash, hang or leaked
 thread setting cannot spoil the others; a failed benchmark is recorded with its stderr tail. Results of
@@ -39,6 +40,16 @@ class Benchmark:
     item: str  # the issue's numbered item(s) it answers
     quick: tuple[str, ...]
     full: tuple[str, ...] = ()
+    cuda: tuple[str, ...] | None = None  # with --device cuda (not --quick/--smoke): the GPU sizes, else `full`
+    smoke: tuple[str, ...] | None = None  # --smoke: tiny inputs that only prove the script runs, else `quick`
+
+    def args(self, mode: str, device: str) -> tuple[str, ...]:
+        """The script's arguments for ``mode`` (full | quick | smoke) on ``device`` (``--device`` not included)."""
+        if mode == "smoke":
+            return self.quick if self.smoke is None else self.smoke
+        if mode == "quick":
+            return self.quick
+        return self.cuda if device.startswith("cuda") and self.cuda is not None else self.full
 
     def source(self) -> Path:
         return REPO / (self.module.replace(".", "/") + ".py")
@@ -57,12 +68,23 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("extraction", "bench.bench_extraction", "2, 5",
               ("--scenes", "1", "--frames", "8", "--size", "640x480", "--backend", "auto", "--feature-dtype", "both"),
               ("--scenes", "2", "--frames", "20", "--size", "640x480", "--backend", "auto", "--feature-dtype", "both")),
+    # on CUDA: 8 loader threads (half a 16-core GPU host) and the data-wait figure at the paper's training settings
     Benchmark("loader", "bench.bench_loader", "3", ("--frames", "64", "--runs", "5"),
-              ("--frames", "200", "--runs", "7")),
+              ("--frames", "200", "--runs", "7"),
+              cuda=("--frames", "200", "--runs", "5", "--workers", "8", "--depth", "50", "--train-iters", "60",
+                    "--amp", "bf16"),
+              smoke=("--frames", "8", "--runs", "1", "--workers", "1", "--batch-size", "4", "--mode", "train",
+                     "--gpu-path", "--depth", "18", "--train-iters", "2", "--train-batch", "2", "--train-crop", "65")),
+    # on CUDA: the paper's step (PSPNet-50, batch 16, 473 crops, bf16)
     Benchmark("train_step", "bench.bench_train_step", "4", ("--warmup", "1", "--repeats", "3"),
-              ("--warmup", "2", "--repeats", "5")),
+              ("--warmup", "2", "--repeats", "5"),
+              cuda=("--batch", "16", "--size", "473", "--amp", "bf16", "--warmup", "3", "--repeats", "10"),
+              smoke=("--depth", "18", "--batch", "2", "--size", "65", "--amp", "bf16", "--warmup", "0",
+                     "--repeats", "1")),
+    # on CUDA: a ScanNet-sized room (vertex spacing 3.5 cm: ~154k points) at the paper's 2 cm
     Benchmark("teacher", "bench.bench_teacher", "6", ("--spacing", "0.05", "--repeats", "3"),
-              ("--spacing", "0.05", "--repeats", "5")),
+              ("--spacing", "0.05", "--repeats", "5"), cuda=("--spacing", "0.035", "--repeats", "5"),
+              smoke=("--spacing", "0.3", "--repeats", "1", "--backends", "torch", "--architecture", "Res16UNet14A")),
     Benchmark("remote", "bench.bench_remote", "extra", ("--frames", "48", "--repeats", "5"),
               ("--frames", "100", "--repeats", "7")),
     Benchmark("sens", "bench.bench_sens", "extra", ("--frames", "20", "--repeats", "5"),
@@ -92,9 +114,39 @@ def parse_json_lines(text: str) -> list[dict]:
     return out
 
 
-def run_benchmark(bench: Benchmark, quick: bool, device: str, timeout: float) -> dict:
+@dataclass
+class Finished:
+    """How a command ended (see run_command)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool
+
+
+def run_command(cmd: list[str], timeout: float, *, cwd: Path = REPO, env: dict[str, str] | None = None) -> Finished:
+    """Run ``cmd`` to completion or ``timeout`` seconds, capturing its output; never raises for the command's own
+    failure. It gets its own process group, so that a timeout also ends the children it started (extraction spawns
+    the CLI, the CLI dask workers)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    timed_out = False
+    try:
+        stdout, stderr = proc.communicate(timeout=max(timeout, 0.1))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        stderr += f"\n[timed out after {timeout:.0f} s]"
+    return Finished(proc.returncode, stdout, stderr, time.perf_counter() - t0, timed_out)
+
+
+def run_benchmark(bench: Benchmark, quick: bool, device: str, timeout: float, *, smoke: bool = False) -> dict:
     """Run one benchmark script to completion; never raises for the script's own failure."""
-    args = list(bench.quick if quick else bench.full)
+    mode = "smoke" if smoke else "quick" if quick else "full"
+    args = list(bench.args(mode, device))
     note = None
     if device != "cpu":
         if bench.supports_device():
@@ -103,28 +155,18 @@ def run_benchmark(bench: Benchmark, quick: bool, device: str, timeout: float) ->
             note = f"{bench.module} has no --device option: CPU figures only"
     cmd = [sys.executable, "-m", bench.module, *args]
     entry: dict = {"status": "failed", "module": bench.module, "item": bench.item, "args": args,
-                   "mode": "quick" if quick else "full", "device": device if note is None else "cpu",
-                   "started": now(), "results": []}
+                   "mode": mode, "device": device if note is None else "cpu", "started": now(), "results": []}
     if note:
         entry["note"] = note
-    t0 = time.perf_counter()
-    # own process group, so that a timeout also ends the script's own children (extraction spawns the CLI)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        stderr += f"\n[bench.run] timed out after {timeout:.0f} s"
-    entry["wall_s"] = round(time.perf_counter() - t0, 1)
-    entry["returncode"] = proc.returncode
-    entry["results"] = parse_json_lines(stdout)
-    if proc.returncode == 0 and entry["results"]:
+    done = run_command(cmd, timeout)
+    entry["wall_s"] = round(done.seconds, 1)
+    entry["returncode"] = done.returncode
+    entry["results"] = parse_json_lines(done.stdout)
+    if done.returncode == 0 and entry["results"]:
         entry["status"] = "ok"
     else:
-        tail = stderr.strip()[-STDERR_TAIL:] or "(no stderr)"
-        if proc.returncode == 0:
+        tail = done.stderr.strip()[-STDERR_TAIL:] or "(no stderr)"
+        if done.returncode == 0:
             tail = "exited 0 but printed no JSON line\n" + tail
         entry["stderr_tail"] = tail
     return entry
@@ -217,7 +259,7 @@ def rows_loader(results: list[dict]) -> list[dict]:
         mode = "GPU path, host side" if key == "host" else key
         what = ("frames/s per core to the pinned batch (warp on device)" if key == "host"
                 else "frames/s per core to a ready batch")
-        extra = {k: v for k, v in r.items() if any(s in k for s in ("gpu", "wait", "batches", "cuda"))}
+        extra = {k: v for k, v in r.items() if k.startswith("gpu_")}
         note = (f"{r.get('frames')} frames, batch {r.get('batch_size')}, {r.get('workers')} workers, "
                 f"{r.get('mean_jpeg_kb')} KB JPEGs; per core ÷ {min(r.get('cores') or 1, r.get('workers') or 1)}")
         if extra:
@@ -233,6 +275,15 @@ def rows_loader(results: list[dict]) -> list[dict]:
         out.append(row("3", f"Loader ({mode}): {what}", f"{r['loader_fps_per_core']:.4g}",
                        f"JPEG decode alone {r['decode_fps_per_core']:.4g}", r["ratio"], "≥ 0.8× decode",
                        r["ratio"] >= 0.8, note))
+        if "data_wait_frac" in r:  # the --device cuda (or --gpu-path) measurement of the trainer itself
+            wait = float(r["data_wait_frac"])
+            out.append(row("3", f"Trainer data wait (paired, PSPNet-{r.get('train_depth')}, batch "
+                                f"{r.get('train_batch')}, crop {r.get('train_crop')}, amp {r.get('train_amp')}, "
+                                f"{r.get('device')})", f"{100 * wait:.2g} % of the step",
+                           f"step {_s(float(r['step_time_s']))}", None, "< 5 %", wait < 0.05,
+                           f"mean over the logged intervals after the first, {r.get('train_iters')} iterations, "
+                           f"{r.get('workers')} loader threads; {r.get('frames_per_s_training')} frames/s trained; "
+                           f"{r.get('gpu_batches_per_s')} batches/s delivered by the loader alone"))
     return out
 
 
@@ -407,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0],
                                  epilog=", ".join(f"{b.name} (item {b.item})" for b in BENCHMARKS))
     ap.add_argument("--quick", action="store_true", help="fast pass: fewer repeats and smaller inputs")
+    ap.add_argument("--smoke", action="store_true", help="tiny inputs: only checks that the scripts run (what "
+                    "`make gpu-check --dry-run` uses); the figures mean nothing")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: passed to the benchmarks that take --device")
     ap.add_argument("--only", default="", help="comma list of benchmarks to run (default: all)")
     ap.add_argument("--out", type=Path, default=BENCH_DIR, help="folder for results.json and README.md")
@@ -423,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not torch.cuda.is_available():
             raise SystemExit(f"--device {a.device}: torch {torch.__version__} sees no CUDA device here")
-    timeout = a.timeout or (900 if a.quick else 3600)
+    timeout = a.timeout or (900 if a.quick or a.smoke else 3600)
     out_dir: Path = a.out
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "results.json"
@@ -440,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(benches, desc="bench", unit="benchmark", file=sys.stderr) as bar:
         for b in bar:
             bar.set_postfix_str(b.name)
-            done[b.name] = entry = run_benchmark(b, a.quick, a.device, timeout)
+            done[b.name] = entry = run_benchmark(b, a.quick, a.device, timeout, smoke=a.smoke)
             bar.write(f"[bench.run] {b.name}: {entry['status']} in {entry['wall_s']} s", file=sys.stderr)
     benchmarks = {n: done.get(n) or previous[n] for n in BY_NAME if n in done or n in previous}
     results = {"schema": 1, "command": " ".join([os.path.basename(sys.executable), "-m", "bench.run",

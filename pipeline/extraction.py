@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -184,9 +184,13 @@ def run_extraction(dataset: DatasetSpec, teacher: TeacherSpec | None, out: Path,
     if not reader.has_3d:
         teacher = None
     info = None
+    distributed = workers > 1 or scheduler is not None
     if teacher is not None:
-        model = _teacher(teacher, reader.label_space)
+        model = _teacher(_describing_teacher(teacher) if distributed else teacher, reader.label_space)
         info = dict(model.info)
+        if distributed and teacher.kind == "checkpoint":
+            # every worker builds the backend the manifest records, whatever `auto` would pick there
+            teacher = replace(teacher, backend=info["backend"])
         if teacher.kind == "label-embedding":
             log(f"teacher: the label-embedding control (seed {teacher.seed}, {info['channels']} channels): each "
                 "point's label embedded, no network")
@@ -226,6 +230,19 @@ def run_extraction(dataset: DatasetSpec, teacher: TeacherSpec | None, out: Path,
     return report
 
 
+def _describing_teacher(teacher: TeacherSpec) -> TeacherSpec:
+    """The teacher the driver builds only to describe the cache (architecture, backend, channels, checkpoint) when
+    dask workers do the extracting: on the CPU, so that the driver holds no GPU memory beside the workers, with the
+    backend the workers will resolve on their device."""
+    from pipeline.cluster import is_cuda
+
+    if teacher.kind != "checkpoint" or not is_cuda(teacher.device):
+        return teacher
+    from stages.extract.teacher import resolve_backend
+
+    return replace(teacher, device="cpu", backend=resolve_backend(teacher.backend, teacher.device))
+
+
 def _collect(report: ExtractionReport, r: SceneResult, log) -> None:
     if r.error:
         report.failed[r.scene] = r.error
@@ -234,29 +251,65 @@ def _collect(report: ExtractionReport, r: SceneResult, log) -> None:
         report.results.append(r)
 
 
-def _run_dask(dataset, teacher, out, manifest, todo, job, workers, scheduler, report, bar, log) -> str | None:
-    from dask.distributed import Client, LocalCluster, as_completed
+@contextmanager
+def _dask_client(teacher: TeacherSpec | None, workers: int, scheduler: str | None, log):
+    """(client, the teacher as the workers must build it) on the given scheduler or a local cluster, closed on exit.
 
-    if scheduler:
-        client = Client(scheduler)
-        cluster = None
-    else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=40)
-        client = Client(cluster)
-    dashboard = client.dashboard_link
-    log(f"dask: {len(client.scheduler_info()['workers'])} workers, dashboard {dashboard}")
+    A local cluster for a CUDA teacher pins each worker to one GPU (pipeline.cluster); the workers then build the
+    teacher on ``cuda``, their one visible GPU."""
+    from dask.distributed import Client, LocalCluster
+
+    from pipeline.cluster import PinnedGPUCluster, is_cuda, visible_gpus, worker_gpus
+
+    cluster = None
+    pinned: list[str] = []
     try:
+        if scheduler:
+            client = Client(scheduler)
+        elif teacher is not None and teacher.kind == "checkpoint" and is_cuda(teacher.device):
+            pinned = worker_gpus(teacher.device, workers, visible_gpus())
+            cluster = PinnedGPUCluster(pinned, dashboard_address=":0", silence_logs=40)
+            client = Client(cluster)
+            client.wait_for_workers(len(pinned), timeout=300)
+            teacher = replace(teacher, device="cuda")
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                   silence_logs=40)
+            client = Client(cluster)
+        try:
+            if pinned:
+                log("dask workers pinned to GPUs (CUDA_VISIBLE_DEVICES): "
+                    + ", ".join(f"worker {i} -> {g}" for i, g in enumerate(pinned)))
+            yield client, teacher
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _run_dask(dataset, teacher, out, manifest, todo, job, workers, scheduler, report, bar, log) -> str | None:
+    from dask.distributed import as_completed
+
+    from pipeline.cluster import GPU_RESOURCE, is_cuda, task_resources
+
+    with _dask_client(teacher, workers, scheduler, log) as (client, task_teacher):
+        dashboard = client.dashboard_link
+        info = client.scheduler_info()
+        cuda = task_teacher is not None and task_teacher.kind == "checkpoint" and is_cuda(task_teacher.device)
+        resources = task_resources(task_teacher.device, info) if cuda else None
+        log(f"dask: {len(info['workers'])} workers, dashboard {dashboard}"
+            + (f"; each scene asks for {resources}" if resources else ""))
+        if cuda and scheduler and not resources:
+            log(f"warning: no worker of {scheduler} advertises a {GPU_RESOURCE} resource, so scenes go to any free "
+                f"worker thread; start one single-threaded worker per GPU with --resources {GPU_RESOURCE}=1 (README)")
         mj = manifest.to_json()
-        futures = [client.submit(_scene_task, dataset, teacher, str(out), mj, s, job, key=f"scene-{s}", pure=False)
+        futures = [client.submit(_scene_task, dataset, task_teacher, str(out), mj, s, job, key=f"scene-{s}",
+                                 pure=False, resources=resources)
                    for s in todo]
         for fut in as_completed(futures):
             _collect(report, fut.result(), log)
             bar.update(1)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
     return dashboard
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,3 +130,37 @@ def make_student_checkpoint(make_cache, tmp_path: Path) -> Callable[..., tuple[P
         return path, cache
 
     return build
+
+
+# ---- CUDA-marked tests ------------------------------------------------------------------------------------------
+# `@pytest.mark.cuda` tests compare a CUDA path with its CPU counterpart. Without CUDA they skip, unless this
+# variable is "cpu": then they run with the CPU as a stand-in device (what `make gpu-check --dry-run` does, so the
+# tests themselves are exercised on every `make test`); tests of kernels that exist only on CUDA call
+# `require_real_cuda()` and still skip.
+CUDA_STANDIN = "DISTILL_CACHE_CUDA_STANDIN"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("cuda") is None or _cuda() or os.environ.get(CUDA_STANDIN) == "cpu":
+        return
+    pytest.skip(f"needs CUDA (torch.cuda.is_available() is False); `make gpu-check` runs it on a GPU, and "
+                f"{CUDA_STANDIN}=cpu runs it here with the CPU standing in")
+
+
+def require_real_cuda(what: str) -> None:
+    if not _cuda():
+        pytest.skip(f"{what} exists only on CUDA: the CPU stand-in cannot run it")
+
+
+@pytest.fixture
+def cuda_device():
+    """The device under test in `cuda`-marked tests: CUDA, or the CPU standing in for it (see CUDA_STANDIN)."""
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if _cuda() else torch.device("cpu")

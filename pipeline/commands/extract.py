@@ -45,7 +45,9 @@ from pipeline.options import parse_scene_list, parse_size
               help="--teacher label-embedding: seed of the embedding matrix.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "minkowski", "spconv"]), default="auto",
               show_default=True, help="Sparse-convolution backend of the teacher.")
-@click.option("--device", default="cpu", show_default=True, help="Teacher device (cpu, cuda, cuda:1...).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Teacher device (cpu, cuda, cuda:1...). With --workers N > 1 and cuda: one dask worker process "
+              "per visible GPU, worker i pinned to GPU i mod G (cuda:K: all on GPU K).")
 @click.option("--layer", default="block8", show_default=True, help="Teacher layer whose features are cached.")
 @click.option("--architecture", help="Res16UNet variant of the checkpoint (default: from the checkpoint's "
               "train-teacher sidecar CKPT.json when present, else Res16UNet34C).")
@@ -69,8 +71,10 @@ from pipeline.options import parse_scene_list, parse_size
               "code over the channel's range (scale = (max - min) / 255), max error scale/2 per channel; readers "
               "still get float16. Part of the fingerprint. Ignored for 2D-only caches.")
 @click.option("--workers", type=int, default=1, show_default=True,
-              help="Scenes in parallel on a local dask cluster (1 = in-process).")
-@click.option("--scheduler", help="Address of a running dask scheduler (tcp://host:8786) to use instead.")
+              help="Scenes in parallel on a local dask cluster (1 = in-process). With --device cuda each worker is "
+              "pinned to one GPU: N = the GPU count gives one worker per GPU, 2x that two per GPU.")
+@click.option("--scheduler", help="Address of a running dask scheduler (tcp://host:8786) to use instead; with "
+              "--device cuda, scenes ask its workers for one GPU resource each (start them with --resources GPU=1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def command(dataset, root, out, split_file, scenes, label_map, layout, nyu_split, teacher_kind, teacher_checkpoint,

@@ -86,7 +86,8 @@ def command(cache, out, config_file, feature_cache, resume, force, stop_after, q
     if result.checkpoint is None:  # a non-zero rank under torchrun: rank 0 reports
         return
     summary = {"run_dir": str(result.run_dir), "iterations": result.iterations, "total_iters": result.total_iters,
-               "checkpoint": str(result.checkpoint), "log": str(result.log_csv), "last": result.last}
+               "checkpoint": str(result.checkpoint), "log": str(result.log_csv), "last": result.last,
+               "peak_gpu_memory_mb": result.peak_gpu_memory_mb}
     if as_json:
         click.echo(json.dumps(summary))
     else:

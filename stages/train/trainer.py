@@ -143,6 +143,7 @@ class TrainResult:
     checkpoint: Path | None  # last.pt (rank 0)
     log_csv: Path | None
     last: dict[str, float] = field(default_factory=dict)  # loss terms of the last log interval
+    peak_gpu_memory_mb: float | None = None  # this process's peak allocated CUDA memory during run(); None on CPU
 
 
 @dataclass
@@ -582,6 +583,9 @@ class Trainer:
         features = self._batches(self.feature_loader) if self.feature_loader is not None else None
         interval, last = _Interval(), {}
         stop = self.total_iters if stop_after is None else min(self.total_iters, stop_after)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         lr = self._set_lr()
         try:
             if self.env.is_main:
@@ -613,8 +617,10 @@ class Trainer:
                 tb.close()
             self.close()
         ckpt_path = self.out / LAST_CHECKPOINT if self.env.is_main else None
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
         return TrainResult(run_dir=self.out, iterations=self.iteration, total_iters=self.total_iters,
-                           checkpoint=ckpt_path, log_csv=self.out / "log.csv" if self.env.is_main else None, last=last)
+                           checkpoint=ckpt_path, log_csv=self.out / "log.csv" if self.env.is_main else None, last=last,
+                           peak_gpu_memory_mb=peak)
 
     def _log_row(self, iv: _Interval, lr: float, csv_log, tb, bar) -> dict[str, float]:
         n = max(iv.iters, 1)

@@ -35,9 +35,16 @@ def test_device_path_rate_and_trainer_wait_on_cpu(bench_cache):
     assert wait["train_iters"] == 2 and 0.0 <= wait["data_wait_frac"] <= 1.0
     assert wait["step_time_s"] > 0 and wait["frames_per_s_training"] > 0
 
-    # the loader row's note carries them, as it will with --device cuda
+    assert (wait["train_batch"], wait["train_crop"], wait["train_depth"]) == (2, 65, 18)
+
+    # the loader row's note carries the delivery rate, and the data wait gets its own row against the 5 % target
     result = {"frames": 6, "key": "train", "mode": "train", "batch_size": 2, "workers": 1, "cores": 2,
               "mean_jpeg_kb": 50.0, "loader_fps_per_core": 100.0, "decode_fps_per_core": 400.0, "ratio": 0.25,
               "device": "cuda", **gpu, **wait}
-    (r,) = bench_run.rows_loader([result])
-    assert "gpu_batches_per_s" in r["note"] and "data_wait_frac" in r["note"]
+    r, w = bench_run.rows_loader([result])
+    assert "gpu_batches_per_s" in r["note"] and "data_wait_frac" not in r["note"]
+    assert w["measure"].startswith("Trainer data wait (paired, PSPNet-18, batch 2, crop 65")
+    assert w["target"] == "< 5 %" and w["status"] == ("met" if wait["data_wait_frac"] < 0.05 else "**missed**")
+    (met,) = bench_run.rows_loader([result | {"data_wait_frac": 0.01}])[1:]
+    (missed,) = bench_run.rows_loader([result | {"data_wait_frac": 0.2}])[1:]
+    assert (met["status"], missed["status"]) == ("met", "**missed**") and missed["value"] == "20 % of the step"

@@ -154,3 +154,35 @@ def test_available_backends_lists_all_and_auto_resolves():
     assert t.info["backend"] in ALL and not av[t.info["backend"]].startswith("unavailable")
     with pytest.raises(ValueError, match="unknown backend"):
         get_ops("cuda-magic")
+
+
+def test_auto_on_cuda_skips_builds_without_cuda_kernels(monkeypatch):
+    """A CPU-only MinkowskiEngine (what `make install` builds where there is no CUDA) or PyPI's CPU-only spconv
+    imports fine but cannot run on a GPU: on cuda, `auto` passes them over and naming them explicitly fails with
+    the reason, while on the CPU nothing changes."""
+    from stages.extract.teacher import backends
+
+    monkeypatch.setattr(backends, "_probe", lambda name: (True, "1.0"))
+    cpu_only = {"spconv": (False, "its build is CPU-only"), "minkowski": (False, "its build is CPU-only"),
+                "torch": (True, "")}
+    monkeypatch.setattr(backends, "cuda_support", lambda name: cpu_only[name])
+    assert backends.resolve_backend("auto", "cpu") == "spconv"
+    assert backends.resolve_backend("auto", "cuda") == "torch"
+    assert backends.resolve_backend("auto", "cuda:1") == "torch"
+    with pytest.raises(RuntimeError, match="unavailable on cuda: its build is CPU-only"):
+        backends.resolve_backend("minkowski", "cuda")
+    cpu_only["minkowski"] = (True, "")  # a CUDA build of MinkowskiEngine
+    assert backends.resolve_backend("auto", "cuda") == "minkowski"
+
+
+def test_cuda_support_reads_the_installed_builds():
+    from stages.extract.teacher.backends import cuda_support
+
+    assert cuda_support("torch") == (True, "")
+    for name, module in (("minkowski", "MinkowskiEngine"), ("spconv", "spconv.pytorch")):
+        try:
+            __import__(module)
+        except Exception:
+            continue
+        ok, why = cuda_support(name)
+        assert isinstance(ok, bool) and (ok or "CPU-only" in why or "cannot tell" in why), (name, ok, why)

@@ -107,6 +107,6 @@ def load_teacher(cfg: TeacherConfig, checkpoint: Path | None = None, *, init: st
         checkpoint_id = checkpoint_sha256(Path(checkpoint))
     else:
         raise ValueError(f"init must be 'checkpoint' or 'random', got {init!r}")
-    backend = resolve_backend(cfg.backend)
+    backend = resolve_backend(cfg.backend, cfg.device)
     net = net.to(cfg.device)
     return Teacher(net, get_ops(backend, cfg.device), cfg, checkpoint_id)

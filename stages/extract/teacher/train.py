@@ -205,16 +205,17 @@ def evaluate_scenes(net: Res16UNet, ops: SparseOps, scenes: Sequence[SceneRecord
             "accuracy": float(np.trace(conf) / total) if total else 0.0, "points": int(total)}
 
 
-def training_backend() -> str:
-    """`auto` for training: spconv where it imports (run on one thread it is deterministic and still ~3x faster
-    than MinkowskiEngine on two here), else MinkowskiEngine (its CPU backward is ~5x faster than the pure-torch
-    one), else torch."""
-    from .backends import available_backends
+def training_backend(device: str = "cpu") -> str:
+    """`auto` for training: spconv where it imports and runs on `device` (run on one thread it is deterministic and
+    still ~3x faster than MinkowskiEngine on two here), else MinkowskiEngine (its CPU backward is ~5x faster than
+    the pure-torch one), else torch."""
+    from .backends import resolve_backend
 
-    found = available_backends()
     for name in ("spconv", "minkowski"):
-        if found.get(name, "").split(":")[0] != "unavailable":
-            return name
+        try:
+            return resolve_backend(name, device)
+        except RuntimeError:
+            continue
     return "torch"
 
 
@@ -307,7 +308,8 @@ def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecor
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng([recipe.seed, rank])
     device = torch.device(cfg.device)
-    backend = resolve_backend(cfg.backend if cfg.backend != "auto" else training_backend())
+    backend = resolve_backend(cfg.backend if cfg.backend != "auto" else training_backend(cfg.device),
+                              cfg.device)
     ops = get_ops(backend, cfg.device)
     net = Res16UNet(cfg.in_channels, cfg.num_classes, cfg.architecture)
     net.reset_parameters(recipe.seed)
