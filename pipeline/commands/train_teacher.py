@@ -71,8 +71,13 @@ def _load(dataset: str, root: Path, scenes: list[str] | None, split_file: Path |
               help="Peak learning rate: linear warm-up, then poly decay (power 0.9).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=50, show_default=True, help="Warm-up steps.")
+@click.option("--geometric-augment/--no-geometric-augment", default=True, show_default=True,
+              help="Random rotation about z, scaling 0.9-1.1 and mirroring of every crop.")
 @click.option("--color-augment/--no-color-augment", default=True, show_default=True,
               help="Chromatic augmentation (brightness/contrast, per-channel shift, per-point jitter).")
+@click.option("--class-weights", type=click.Choice(["none", "sqrt-inverse"]), default="none", show_default=True,
+              help="sqrt-inverse: each class's loss weighted by 1/sqrt(its point frequency) (mIoU counts a rare "
+              "class as much as the wall).")
 @click.option("--voxel-targets", type=click.Choice(["points", "first", "ignore-mixed"]), default="points",
               show_default=True, help="points: cross-entropy over points, each scored by its voxel (what 3D mIoU "
               "measures); first: one label per voxel, its first point's; ignore-mixed: as first, but voxels whose "
@@ -93,7 +98,8 @@ def _load(dataset: str, root: Path, scenes: list[str] | None, split_file: Path |
 def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file: Path | None,
             extra_roots: tuple[Path, ...], val_scenes: str | None, val_split_file: Path | None, steps: int,
             epochs: float, crops_per_step: int, max_points: int, optimizer: str, lr: float, weight_decay: float,
-            warmup: int, color_augment: bool, voxel_targets: str, eval_every: int, architecture: str,
+            warmup: int, geometric_augment: bool, color_augment: bool, class_weights: str, voxel_targets: str,
+            eval_every: int, architecture: str,
             voxel_size: float, backend: str, device: str, seed: int, processes: int, quiet: bool) -> None:
     """Train the 3D teacher on ROOT's labelled scans (and any --extra-root) and save it in MinkowskiEngine's
     state_dict layout.
@@ -109,7 +115,7 @@ def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file:
         --extra-root rooms3d/ --val-split-file world/scannetv2_val.txt --architecture Res16UNet14S \\
         --voxel-size 0.05 --steps 900 --eval-every 150 --out teacher.pth
     """
-    from stages.extract.teacher.train import ColorAugmentation, TeacherTrainConfig
+    from stages.extract.teacher.train import Augmentation, ColorAugmentation, TeacherTrainConfig
 
     if scenes and split_file:
         raise click.UsageError("give --scenes or --split-file, not both")
@@ -117,7 +123,8 @@ def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file:
         recipe = TeacherTrainConfig(steps=steps, epochs=epochs, crops_per_step=crops_per_step, max_points=max_points,
                                     optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_steps=warmup,
                                     voxel_targets=voxel_targets, eval_every=eval_every, seed=seed,
-                                    color=ColorAugmentation(enabled=color_augment))
+                                    class_weights=class_weights, color=ColorAugmentation(enabled=color_augment),
+                                    geometry=Augmentation() if geometric_augment else Augmentation.off())
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if crops_per_step % processes:

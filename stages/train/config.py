@@ -64,7 +64,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "sgd"  # sgd (the paper's, momentum below) | adamw (for a backbone trained from scratch)
     lr: float = 0.01
+    warmup: int = 0  # iterations of linear warm-up before the poly decay (the paper: none)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     power: float = 0.9  # poly schedule: lr·(1 − it/iters)^power
@@ -138,6 +140,8 @@ class TrainConfig:
             (self.data.crop >= 16, f"data.crop must be >= 16, got {self.data.crop}"),
             (0 < self.data.scale[0] <= self.data.scale[1], f"data.scale must be 0 < lo <= hi, got {self.data.scale}"),
             (self.optim.lr > 0, f"optim.lr must be > 0, got {self.optim.lr}"),
+            (self.optim.name in ("sgd", "adamw"), f"optim.name must be sgd|adamw, got {self.optim.name!r}"),
+            (self.optim.warmup >= 0, f"optim.warmup must be >= 0, got {self.optim.warmup}"),
             (self.loss.disc in ("per-class", "shared"), f"loss.disc must be per-class|shared, got {self.loss.disc!r}"),
             (self.loss.depth_kind in ("l1", "l2"), f"loss.depth_kind must be l1|l2, got {self.loss.depth_kind!r}"),
             (self.schedule.iters is None or self.schedule.iters >= 1,

@@ -216,8 +216,12 @@ def head_parameter_groups(student: Student, cfg: TrainConfig) -> list[dict[str, 
             {"params": heads, "lr_mult": cfg.optim.head_lr_mult, "lr": cfg.optim.lr * cfg.optim.head_lr_mult}]
 
 
-def poly_factor(iteration: int, total: int, power: float) -> float:
-    return (1.0 - min(iteration, total) / total) ** power
+def poly_factor(iteration: int, total: int, power: float, warmup: int = 0) -> float:
+    """The learning-rate factor: linear warm-up over ``warmup`` iterations, then poly decay to 0 at ``total``."""
+    if iteration < warmup:
+        return (iteration + 1) / warmup
+    span = max(1, total - warmup)
+    return (1.0 - min(iteration - warmup, span) / span) ** power
 
 
 class Trainer:
@@ -254,8 +258,13 @@ class Trainer:
             raise TrainError(f"{self.feature_reader.url}: no full batch for the feature loader")
         self.total_iters = cfg.schedule.iters or max(1, math.ceil(cfg.schedule.epochs * len(self.loader)))
         self.weights: LossWeights = cfg.loss  # LossConfig is LossWeights plus the discriminator settings
-        self.optimizer = torch.optim.SGD(head_parameter_groups(self.student, cfg), lr=cfg.optim.lr,
-                                         momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+        groups = head_parameter_groups(self.student, cfg)
+        if cfg.optim.name == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr,
+                                                                      weight_decay=cfg.optim.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                             weight_decay=cfg.optim.weight_decay)
         self.adversarial: SemanticAwareAdversarialLoss | None = None
         self.disc_optimizer: torch.optim.Optimizer | None = None
         if cfg.mode == "unpaired":
@@ -470,7 +479,7 @@ class Trainer:
         return out
 
     def _set_lr(self) -> float:
-        factor = poly_factor(self.iteration, self.total_iters, self.cfg.optim.power)
+        factor = poly_factor(self.iteration, self.total_iters, self.cfg.optim.power, self.cfg.optim.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.optim.lr * group["lr_mult"] * factor
         return self.cfg.optim.lr * factor

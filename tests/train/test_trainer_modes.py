@@ -116,3 +116,21 @@ def test_existing_run_needs_resume(cache, tmp_path):
     train(tiny(**{"schedule.iters": 1}), cache, tmp_path / "run")
     with pytest.raises(TrainError, match="--resume"):
         Trainer(tiny(), cache, tmp_path / "run")
+
+
+def test_poly_schedule_warms_up_linearly_then_decays_to_zero():
+    from stages.train.trainer import poly_factor
+
+    assert [poly_factor(i, 10, 1.0) for i in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    f = [poly_factor(i, 12, 1.0, warmup=2) for i in range(13)]
+    assert f[:3] == [0.5, 1.0, 1.0] and f[7] == 0.5 and f[12] == 0.0
+    assert all(a >= b for a, b in zip(f[1:], f[2:], strict=False))
+
+
+def test_adamw_option_trains_and_unknown_optimizers_are_refused(cache, tmp_path):
+    cfg = tiny(**{"optim.name": "adamw", "optim.warmup": 1, "optim.lr": 1e-3})
+    trainer = Trainer(cfg, cache, tmp_path / "run")
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert train(cfg, cache, tmp_path / "run2").iterations == 2
+    with pytest.raises(ValueError, match="optim.name"):
+        tiny(**{"optim.name": "lamb"}).validate()

@@ -40,6 +40,7 @@ from .voxelize import Voxelization, rows_for_points, voxelize
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 VOXEL_TARGETS = ("points", "first", "ignore-mixed")
+CLASS_WEIGHTS = ("none", "sqrt-inverse")
 
 
 @dataclasses.dataclass
@@ -49,6 +50,10 @@ class Augmentation:
     rotate: bool = True
     scale: tuple[float, float] = (0.9, 1.1)
     flip: bool = True
+
+    @classmethod
+    def off(cls) -> Augmentation:
+        return cls(rotate=False, scale=(1.0, 1.0), flip=False)
 
     def __call__(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         p = points.astype(np.float64)
@@ -98,6 +103,7 @@ class TeacherTrainConfig:
     warmup_steps: int = 50
     power: float = 0.9  # poly decay after the warm-up
     voxel_targets: str = "points"  # points | first | ignore-mixed (see the module docstring)
+    class_weights: str = "none"  # none | sqrt-inverse: classes weighted by 1/sqrt(point frequency), mean 1
     eval_every: int = 0  # steps between validation scores (0: at the end only)
     seed: int = 0
     geometry: Augmentation = dataclasses.field(default_factory=Augmentation)
@@ -106,6 +112,8 @@ class TeacherTrainConfig:
     def __post_init__(self) -> None:
         if self.voxel_targets not in VOXEL_TARGETS:
             raise ValueError(f"voxel_targets must be one of {VOXEL_TARGETS}, got {self.voxel_targets!r}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise ValueError(f"class_weights must be one of {CLASS_WEIGHTS}, got {self.class_weights!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.crops_per_step < 1 or self.steps < 0 or self.epochs <= 0 or self.lr <= 0:
@@ -160,6 +168,21 @@ def voxel_targets(train_ids: np.ndarray, vox: Voxelization, ignore_mixed: bool) 
     mixed = (hi >= 0) & (lo != hi)
     target[mixed] = IGNORE
     return target
+
+
+def class_weights(train_ids: Sequence[np.ndarray], num_classes: int, kind: str) -> np.ndarray | None:
+    """Loss weight per training id: None for ``none``; for ``sqrt-inverse`` 1/sqrt(point frequency), scaled so
+    that the average point weighs 1 (mIoU counts a rare class as much as the wall; the plain loss does not).
+    Classes absent from training keep weight 1."""
+    if kind == "none":
+        return None
+    counts = np.zeros(num_classes, np.float64)
+    for ids in train_ids:
+        counts += np.bincount(ids[ids != IGNORE].astype(np.int64), minlength=num_classes)[:num_classes]
+    freq = counts / max(counts.sum(), 1.0)
+    w = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
+    w = w / max(float((w * freq).sum()), 1e-12)
+    return np.where(freq > 0, w, 1.0)
 
 
 def _voxel_batch(points: np.ndarray, colors: np.ndarray, voxel_size: float, device: torch.device, dtype):
@@ -326,6 +349,8 @@ def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecor
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: recipe.lr_factor(s, total))
     sampler = _CropSampler(scenes, label_space, recipe, rng, recipe.crops_per_step // world)
     val_scenes = val_scenes if rank == 0 else []
+    weights = class_weights(sampler.train_ids, cfg.num_classes, recipe.class_weights)
+    weight_t = torch.as_tensor(weights, dtype=torch.float32, device=device) if weights is not None else None
     curve: list[dict] = []
     losses: list[float] = []
     train_seconds = 0.0
@@ -348,7 +373,7 @@ def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecor
                 aligned = torch.as_tensor(voxel_targets(ids, vox, recipe.voxel_targets == "ignore-mixed"),
                                           device=device)
             if bool((aligned != IGNORE).any()):
-                loss = F.cross_entropy(logits, aligned, ignore_index=IGNORE)
+                loss = F.cross_entropy(logits, aligned, weight=weight_t, ignore_index=IGNORE)
             else:  # nothing labelled in these crops: a zero loss keeps every process in step
                 loss = logits.sum() * 0.0
             opt.zero_grad(set_to_none=True)
