@@ -46,6 +46,16 @@ CLAIMS = [
     ("Table 8: paired beats the baseline under the style shift (B val)", "paired", "baseline", "B"),
     ("Table 8: paired beats the baseline on the NYU world (NYU test)", "paired", "baseline", "nyu"),
     ("§4.5: paired features hold more depth (SSIM)", "paired", "baseline", "probe"),
+    ("Control: the 3D teacher gives more than a label-embedding teacher (A val)", "paired",
+     "paired-label-embedding", "A"),
+    ("Control, style shift: the 3D teacher gives more than a label-embedding teacher (B val)", "paired",
+     "paired-label-embedding", "B"),
+]
+# The student's architecture options (the paper's choice is `paired`): option − default, A val
+OPTIONS = [
+    ("Conv3 fusion (default) vs. none: linear − conv", "paired-linear-fusion"),
+    ("branch reads f2d (default) vs. the pyramid-pooling output: ppm − f2d", "paired-branch-ppm"),
+    ("Conv2 ends in a ReLU (default) vs. not: linear − ReLU", "paired-conv2-linear"),
 ]
 
 
@@ -89,10 +99,17 @@ def summarize(results: dict[str, dict[str, dict]], runs) -> dict:
                       "rmse_m": stats([x["rmse_m"] for x in recs])})
     claims = [{"claim": c, "run": r, "reference": ref, "where": w, **compare(results, r, ref, w)}
               for c, r, ref, w in CLAIMS]
-    return {"table2": t2, "table7": t7, "table8": t8, "depth_ssim": probe, "claims": claims}
+    options = [{"option": lab, "run": r, "A_val_miou": _metric(results, r, "A"),
+                **compare(results, r, "paired", "A")} for lab, r in OPTIONS]
+    control = [{"label": lab, "run": r, "A_val_miou": _metric(results, r, "A"), "B_val_miou": _metric(results, r, "B")}
+               for lab, r in (("PSPNet (baseline)", "baseline"), ("paired, 3D teacher", "paired"),
+                              ("paired, label-embedding teacher", "paired-label-embedding"))]
+    return {"table2": t2, "table7": t7, "table8": t8, "depth_ssim": probe, "claims": claims, "options": options,
+            "control": control}
 
 
-PROGRESS_RUNS = ["baseline", "multitask", "paired", "paired-bn", "nyu-baseline", "unpaired", "unpaired-bn",
+PROGRESS_RUNS = ["baseline", "multitask", "paired", "paired-bn", "paired-label-embedding", "paired-linear-fusion",
+                 "paired-branch-ppm", "paired-conv2-linear", "nyu-baseline", "unpaired", "unpaired-bn",
                  "unpaired-shared"]
 
 
@@ -230,6 +247,20 @@ def write_report(out: Path, doc: dict) -> Path:
               "divided by 10 m. SSIM: Gaussian window 7, σ 1.5, L = 1, local statistics mask-weighted over covered "
               "cells.", "", "| student features | SSIM ×100 | RMSE (m) |", "|---|---|---|"]
     lines += [f"| {r['label']} | {fmt(r['ssim'])} | {fmt(r['rmse_m'], 1.0, 3)} |" for r in t["depth_ssim"]]
+    if t.get("control"):
+        lines += ["", "## The control: geometry or labels? (mIoU)", "",
+                  "A label-embedding teacher maps each cached cell's 3D point label through a fixed random "
+                  "non-negative embedding to the teacher's channel count (`extract --teacher label-embedding`): it "
+                  "carries the class the 2D labels already give, and nothing of the scene's geometry. A gain of the "
+                  "3D teacher over it is what the 3D features hold beyond the class.", "",
+                  "| student | A val | B val (style b) |", "|---|---|---|"]
+        lines += [f"| {r['label']} | {fmt(r['A_val_miou'])} | {fmt(r['B_val_miou'])} |" for r in t["control"]]
+    if t.get("options"):
+        lines += ["", "## The paper's student, option by option (paired, A val)", "",
+                  "Each row: the paired student with one option changed, minus the default paired student of the "
+                  "same seed (mIoU points).", "", "| option | mIoU | difference | resolved? |", "|---|---|---|---|"]
+        lines += [f"| {o['option']} | {fmt(o['A_val_miou'])} | {fmt(o['difference'])} | {o['verdict']} |"
+                  for o in t["options"]]
     if t.get("claims"):
         lines += ["", "## Do the paper's claims hold here?", "",
                   "Each row pairs the two students of the same seed: difference = run − reference (mIoU points, SSIM "
@@ -243,15 +274,24 @@ def write_report(out: Path, doc: dict) -> Path:
     teacher = doc.get("teacher") or {}
     if teacher:
         val = teacher.get("val") or {}
-        loss = (teacher.get("history") or [{}])[-1].get("loss")
+        curve = " → ".join(f"{100 * c['val_miou']:.1f}" for c in teacher.get("curve") or [] if c.get("val_miou"))
+        recipe = teacher.get("recipe") or {}
         lines += ["", "## 3D teacher (its quality bounds what distillation can transfer)", "",
-                  f"{teacher.get('config', {}).get('architecture', '?')}, {teacher.get('epochs', '?')} epochs, "
-                  f"{teacher.get('max_points', '?')} points per crop, {len(teacher.get('train_scenes', []))} training "
-                  f"scenes; last epoch loss {loss if loss is None else round(loss, 3)}; 3D mIoU on world A's "
-                  f"validation scenes {fmt(stats([val.get('miou')]), digits=1).split(' ±')[0]} %, point accuracy "
-                  f"{fmt(stats([val.get('accuracy')]), digits=1).split(' ±')[0]} %."]
+                  f"{teacher.get('config', {}).get('architecture', '?')} at "
+                  f"{100 * teacher.get('config', {}).get('voxel_size', float('nan')):.0f} cm, {teacher.get('steps')} "
+                  f"steps of {recipe.get('crops_per_step', '?')} crops × {recipe.get('max_points', '?')} points, "
+                  f"{len(teacher.get('train_scenes', []))} training rooms ({teacher.get('extra_scenes', 0)} of them "
+                  f"3D-only), {teacher.get('seconds', float('nan')) / 60:.1f} min. 3D mIoU on world A's validation "
+                  f"rooms **{fmt(stats([val.get('miou')]), digits=1).split(' ±')[0]} %** (point accuracy "
+                  f"{fmt(stats([val.get('accuracy')]), digits=1).split(' ±')[0]} %); learning curve: {curve or '—'}."]
+        iou = val.get("iou") or {}
+        if iou:
+            lines += ["", "| class | " + " | ".join(iou) + " |", "|---|" + "---|" * len(iou),
+                      "| 3D IoU | " + " | ".join("—" if v is None else f"{100 * v:.0f}" for v in iou.values()) + " |"]
     lines += ["", "## Configuration", "", "| key | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in cfg.items()]
+    lines += [f"| {k} | {v} |" for k, v in cfg.items() if k != "recipe"]
+    for part, args in (doc.get("recipe_args") or {}).items():
+        lines.append(f"| {part} recipe | `{' '.join(args)}` |")
     lines += ["", "## Hardware", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in hw.items()]
     lines += ["", "## Wall time per step (seconds; 'reused' = made by an earlier invocation)", "",
               "| step | seconds | |", "|---|---|---|"]

@@ -90,6 +90,7 @@ class LossWeights:
 @dataclass
 class LossConfig(LossWeights):
     disc: str = "per-class"  # per-class | shared (SAAL ablation, Table 7)
+    class_weights: str = "none"  # none (the paper) | sqrt-inverse: L_s weighted by 1/sqrt(pixel frequency)
     # samples per class and batch fed to a discriminator; the shared one draws up to max_per_class × classes from one
     # class-agnostic pool (the same ceiling)
     max_per_class: int = 256
@@ -143,6 +144,8 @@ class TrainConfig:
             (self.optim.name in ("sgd", "adamw"), f"optim.name must be sgd|adamw, got {self.optim.name!r}"),
             (self.optim.warmup >= 0, f"optim.warmup must be >= 0, got {self.optim.warmup}"),
             (self.loss.disc in ("per-class", "shared"), f"loss.disc must be per-class|shared, got {self.loss.disc!r}"),
+            (self.loss.class_weights in ("none", "sqrt-inverse"),
+             f"loss.class_weights must be none|sqrt-inverse, got {self.loss.class_weights!r}"),
             (self.loss.depth_kind in ("l1", "l2"), f"loss.depth_kind must be l1|l2, got {self.loss.depth_kind!r}"),
             (self.schedule.iters is None or self.schedule.iters >= 1,
              f"schedule.iters must be >= 1, got {self.schedule.iters}"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,18 +41,29 @@ def _check_grid(name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, aux_logits: torch.Tensor | None = None,
-                      aux_weight: float = 0.4) -> torch.Tensor:
-    """Cross-entropy over non-ignored pixels (+ ``aux_weight`` × the auxiliary one); 0 if all are ignored."""
+                      aux_weight: float = 0.4, class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over non-ignored pixels (+ ``aux_weight`` × the auxiliary one); 0 if all are ignored.
+    ``class_weight``: a loss weight per class (the paper: none), as ``F.cross_entropy``'s ``weight``."""
     if labels.shape != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
     labels = labels.long()
     if not bool((labels != IGNORE).any()):
         zero = logits.sum() * 0.0  # keeps the graph, avoids CE's 0/0 = NaN
         return zero if aux_logits is None else zero + aux_logits.sum() * 0.0
-    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    loss = F.cross_entropy(logits, labels, weight=class_weight, ignore_index=IGNORE)
     if aux_logits is not None:
-        loss = loss + aux_weight * F.cross_entropy(aux_logits, labels, ignore_index=IGNORE)
+        loss = loss + aux_weight * F.cross_entropy(aux_logits, labels, weight=class_weight, ignore_index=IGNORE)
     return loss
+
+
+def sqrt_inverse_weights(counts: np.ndarray) -> np.ndarray:
+    """Per-class loss weights 1/sqrt(pixel frequency), scaled so the average labelled pixel weighs 1; classes
+    never seen keep 1. (mIoU counts a rare class as much as the wall; the plain loss does not.)"""
+    counts = np.asarray(counts, np.float64)
+    freq = counts / max(counts.sum(), 1.0)
+    w = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
+    w = w / max(float((w * freq).sum()), 1e-12)
+    return np.where(freq > 0, w, 1.0)
 
 
 def feature_l2_loss(f3d_sim: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -186,9 +198,10 @@ class LossTerms:
         return {k: float(v.detach()) for k, v in vars(self).items() if v is not None}
 
 
-def paired_objective(out: StudentOutput, batch: Batch, weights: LossWeights) -> LossTerms:
+def paired_objective(out: StudentOutput, batch: Batch, weights: LossWeights,
+                     class_weight: torch.Tensor | None = None) -> LossTerms:
     """L = seg·L_s (+aux) + paired·L_p (distillation) or + depth·L_depth (Multitask) for a paired batch."""
-    seg = segmentation_loss(out.logits, batch.labels, out.aux_logits, weights.aux)
+    seg = segmentation_loss(out.logits, batch.labels, out.aux_logits, weights.aux, class_weight)
     total = weights.seg * seg
     paired = depth = None
     if out.f3d_sim is not None:

@@ -60,6 +60,7 @@ from stages.train.losses import (
     labels_at_cells,
     paired_objective,
     segmentation_loss,
+    sqrt_inverse_weights,
 )
 from stages.train.model.dimension_norm import DimensionNorm
 from stages.train.model.student import Student, StudentConfig, StudentOutput
@@ -216,6 +217,24 @@ def head_parameter_groups(student: Student, cfg: TrainConfig) -> list[dict[str, 
             {"params": heads, "lr_mult": cfg.optim.head_lr_mult, "lr": cfg.optim.lr * cfg.optim.head_lr_mult}]
 
 
+CLASS_COUNT_FRAMES = 2000  # label maps read to estimate class frequencies (a cache of any size costs at most this)
+
+
+def label_counts(reader, label_space: LabelSpace, max_frames: int = CLASS_COUNT_FRAMES) -> np.ndarray:
+    """Pixels per training id over up to ``max_frames`` label maps of the cache's complete scenes, spread evenly."""
+    scenes = [reader.scene(name) for name in reader.complete_scenes()]
+    total = sum(sc.num_frames for sc in scenes)
+    step = max(1, math.ceil(total / max_frames))
+    lut = label_space.lookup_table()
+    counts = np.zeros(label_space.num_classes, np.int64)
+    for sc in scenes:
+        labels = np.asarray(sc.arrays["labels"][::step])
+        ids = lut[labels].ravel()
+        counts += np.bincount(ids[ids != IGNORE].astype(np.int64), minlength=label_space.num_classes)[
+            :label_space.num_classes]
+    return counts
+
+
 def poly_factor(iteration: int, total: int, power: float, warmup: int = 0) -> float:
     """The learning-rate factor: linear warm-up over ``warmup`` iterations, then poly decay to 0 at ``total``."""
     if iteration < warmup:
@@ -258,6 +277,7 @@ class Trainer:
             raise TrainError(f"{self.feature_reader.url}: no full batch for the feature loader")
         self.total_iters = cfg.schedule.iters or max(1, math.ceil(cfg.schedule.epochs * len(self.loader)))
         self.weights: LossWeights = cfg.loss  # LossConfig is LossWeights plus the discriminator settings
+        self.class_weight = self._class_weight()
         groups = head_parameter_groups(self.student, cfg)
         if cfg.optim.name == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr,
@@ -282,6 +302,18 @@ class Trainer:
         self.model: nn.Module = self._wrap_ddp(self.student)
 
     # -- setup ---------------------------------------------------------------------------------------------------
+
+    def _class_weight(self) -> torch.Tensor | None:
+        """``loss.class_weights: sqrt-inverse``: weights from the training cache's label maps (up to
+        ``CLASS_COUNT_FRAMES`` frames, evenly spread over its scenes); ``none`` (the paper's): None."""
+        if self.cfg.loss.class_weights == "none":
+            return None
+        counts = label_counts(self.reader, self.label_space)
+        w = sqrt_inverse_weights(counts)
+        if self.env.is_main:
+            top = ", ".join(f"{n} {v:.2f}" for n, v in zip(self.label_space.names, w, strict=True))
+            self.echo(f"class weights (sqrt-inverse pixel frequency): {top}")
+        return torch.as_tensor(w, dtype=torch.float32, device=self.device)
 
     def _load_resume_checkpoint(self) -> Checkpoint:
         path = self.out / LAST_CHECKPOINT
@@ -497,10 +529,10 @@ class Trainer:
         if self.cfg.mode == "unpaired":
             return self._unpaired_step(out, batch, feature_batch)
         if self.cfg.mode == "baseline":
-            seg = segmentation_loss(out.logits, batch.labels, out.aux_logits, self.weights.aux)
+            seg = segmentation_loss(out.logits, batch.labels, out.aux_logits, self.weights.aux, self.class_weight)
             total, terms = self.weights.seg * seg, {"seg": seg}
         else:
-            lt = paired_objective(out, batch, self.weights)
+            lt = paired_objective(out, batch, self.weights, self.class_weight)
             total, terms = lt.total, {"seg": lt.seg, "paired": lt.paired, "depth": lt.depth}
         self._check_finite(total)
         self._backward_step(total)
@@ -510,7 +542,7 @@ class Trainer:
         assert self.adversarial is not None and self.disc_optimizer is not None and feature_batch is not None
         adv = self.adversarial
         # Φ2D step against fixed discriminators (Eq. 4): negatives are f3d_sim at cells labelled c in 2D
-        seg = segmentation_loss(out.logits, batch.labels, out.aux_logits, self.weights.aux)
+        seg = segmentation_loss(out.logits, batch.labels, out.aux_logits, self.weights.aux, self.class_weight)
         cell_labels = labels_at_cells(batch.labels, tuple(out.f3d_sim.shape[-2:]))
         fake, fake_cls = adv.sample(out.f3d_sim, cell_labels, generator=self.sample_gen)
         adv_g = adv.generator_loss(fake, fake_cls)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 
 def test_demo_smoke_end_to_end(tmp_path):
@@ -16,11 +19,27 @@ def test_demo_smoke_end_to_end(tmp_path):
     for fig in ("curves.png", "per_class_iou.png", "coverage_0.png"):
         assert (out / "figures" / fig).stat().st_size > 1000
     assert "make extract-scannet" in report and "distill-cache inspect" in report
+    assert (out / "figures" / "teacher_curve.png").stat().st_size > 1000 and "## The 3D teacher" in report
+    # results.json: what a script reads instead of the report
+    res = json.loads((out / "results.json").read_text())
+    assert 0.0 <= res["teacher"]["miou"] <= 1.0 and res["teacher"]["seconds"] > 0
+    assert res["teacher"]["extra_scenes"] == 2 and len(res["teacher"]["curve"]) == 2
+    for mode in ("baseline", "paired"):
+        st = res["students"][mode]
+        assert 0.0 <= st["miou"] <= 1.0 and 0.0 <= st["pixel_accuracy"] <= 1.0 and st["seconds"] > 0
+        assert 0.0 < st["class_prior_miou"] < 1.0
+    assert res["paired_minus_baseline"] == pytest.approx(res["students"]["paired"]["miou"]
+                                                         - res["students"]["baseline"]["miou"])
+    assert res["config"]["teacher"]["architecture"] == "Res16UNet14S" and res["config"]["smoke"] is True
+    assert "--extra-root" in report and "one seed" in report
     # a second run reuses the world, the teacher, the caches' complete scenes and the students
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert r2.stdout.count("(reused)") >= 4
     assert "scenes already complete" in r2.stdout + r2.stderr
+    # the students' training seconds survive a run that reuses them
+    res2 = json.loads((out / "results.json").read_text())
+    assert res2["students"]["paired"]["seconds"] == res["students"]["paired"]["seconds"]
 
 
 def test_outputs_of_another_configuration_are_remade(tmp_path, capsys):
@@ -35,7 +54,7 @@ def test_outputs_of_another_configuration_are_remade(tmp_path, capsys):
     Demo(DemoConfig(out=out, smoke=True)).check_stamp()  # same configuration: everything stays
     assert (out / "world").is_dir() and (out / "teacher.pth").exists()
     cfg = DemoConfig(out=out, smoke=True)
-    cfg.iters = 7
+    cfg.recipe.student.iters = 7
     Demo(cfg).check_stamp()
-    assert "iters differ" in capsys.readouterr().out
+    assert "student differ" in capsys.readouterr().out
     assert not any((out / p).exists() for p in ("world", "cache-train", "student-paired", "teacher.pth"))

@@ -134,3 +134,37 @@ def test_adamw_option_trains_and_unknown_optimizers_are_refused(cache, tmp_path)
     assert train(cfg, cache, tmp_path / "run2").iterations == 2
     with pytest.raises(ValueError, match="optim.name"):
         tiny(**{"optim.name": "lamb"}).validate()
+
+
+def test_sqrt_inverse_class_weights_come_from_the_caches_label_maps(cache, tmp_path):
+    """Counted from the cache's label maps (training ids), 1/sqrt(frequency) with unit mean; rare classes weigh
+    more, and the weighted loss is the one the trainer optimises."""
+    import numpy as np
+
+    from cache_schema import open_cache
+    from stages.train.losses import segmentation_loss, sqrt_inverse_weights
+    from stages.train.trainer import label_counts
+
+    reader = open_cache(cache)
+    trainer = Trainer(tiny(**{"loss.class_weights": "sqrt-inverse"}), cache, tmp_path / "run")
+    space = trainer.label_space
+    expect = np.zeros(space.num_classes, np.int64)
+    for name in reader.complete_scenes():
+        sc = reader.scene(name)
+        for i in range(sc.num_frames):
+            ids = space.to_train_ids(sc.read_frame(i).labels).ravel()
+            expect += np.bincount(ids[ids != 255].astype(np.int64), minlength=space.num_classes)[:space.num_classes]
+    np.testing.assert_array_equal(label_counts(reader, space), expect)
+    w = trainer.class_weight.numpy()
+    freq = expect / expect.sum()
+    np.testing.assert_allclose(w, sqrt_inverse_weights(expect), rtol=1e-6)
+    assert abs(float((w * freq).sum()) - 1.0) < 1e-5
+    seen = freq > 0
+    assert w[seen][np.argmin(freq[seen])] >= w[seen][np.argmax(freq[seen])]
+    # a weighted loss differs from the plain one on the same logits
+    logits, labels = torch.randn(1, space.num_classes, 4, 4), torch.randint(0, space.num_classes, (1, 4, 4))
+    assert not torch.isclose(segmentation_loss(logits, labels), segmentation_loss(logits, labels, None, 0.4,
+                                                                                    trainer.class_weight))
+    assert Trainer(tiny(), cache, tmp_path / "run2").class_weight is None
+    with pytest.raises(ValueError, match="class_weights"):
+        tiny(**{"loss.class_weights": "inverse"}).validate()
