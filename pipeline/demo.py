@@ -96,13 +96,25 @@ class Demo:
         print(f"\n=== {name}{' (reused)' if done else ''} ===", flush=True)
         return s
 
-    def _synth(self, name: str, root: Path, args: list[str]) -> None:
-        s = self.step(name, (root / ".complete").exists())
-        if not s.skipped:
-            t = time.perf_counter()
+    def _synth(self, jobs: list[tuple[str, Path, list[str]]]) -> None:
+        """The worlds, generated side by side (numpy only, one core each; no torch job runs meanwhile)."""
+        running = []
+        for name, root, args in jobs:
+            s = self.step(name, (root / ".complete").exists())
+            if s.skipped:
+                continue
             if root.exists():  # an interrupted synth: start it again
                 shutil.rmtree(root)
-            self.run_cli(s, *args)
+            s.commands.append("distill-cache " + shlex.join(args))
+            print(f"$ distill-cache {shlex.join(args)}", flush=True)
+            proc = subprocess.Popen([*self.dc, *args], stdout=subprocess.PIPE, text=True)
+            running.append((s, root, proc, time.perf_counter()))
+        for s, root, proc, t in running:
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise SystemExit(f"demo step '{s.name}' failed (exit {proc.returncode}): {s.commands[-1]}\n"
+                                 f"{out[-4000:]}")
+            print(out[-2000:], end="", flush=True)
             (root / ".complete").write_text("ok\n")
             s.seconds = time.perf_counter() - t
 
@@ -114,9 +126,9 @@ class Demo:
         self.check_stamp()
         t_all = time.perf_counter()
 
-        self._synth("synthetic world (rooms with frames)", world, r.world.synth_args(str(world), c.seed))
-        self._synth("3D repository (rooms without frames, for the teacher)", rooms,
-                    r.world.rooms_args(str(rooms), c.seed))
+        self._synth([("synthetic world (rooms with frames)", world, r.world.synth_args(str(world), c.seed)),
+                     ("3D repository (rooms without frames, for the teacher)", rooms,
+                      r.world.rooms_args(str(rooms), c.seed))])
         train_split, val_split = world / "scannetv2_train.txt", world / "scannetv2_val.txt"
 
         s = self.step("3D teacher", teacher.exists() and sidecar_exists(teacher))

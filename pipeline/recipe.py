@@ -45,7 +45,7 @@ class TeacherRecipe:
     class_weights: str = "sqrt-inverse"
     geometric_augment: bool = False  # in a short run augmentation slowed learning more than it helped
     color_augment: bool = False
-    eval_every: int = 200
+    eval_every: int = 350  # the learning curve: 4 points
 
     def args(self) -> list[str]:
         return ["--architecture", self.architecture, "--voxel-size", str(self.voxel_size), "--steps",
@@ -61,7 +61,7 @@ class TeacherRecipe:
 class StudentRecipe:
     depth: int = 18
     width: float = 0.25  # PSPNet's architecture at a quarter of its widths
-    iters: int = 1200
+    iters: int = 1000  # ~2.7 min (baseline) and ~3.2 min (paired) on 2 cores
     batch_size: int = 8
     crop: int = 97
     scale: tuple[float, float] = (0.3, 0.45)  # 320x240 frames seen at about 120x90

@@ -290,8 +290,13 @@ class StepRecord:
 
 
 class Reproduce:
-    def __init__(self, cfg: ReproduceConfig, out: Path, seeds: list[int]):
+    def __init__(self, cfg: ReproduceConfig, out: Path, seeds: list[int], runs: list[str] | None = None):
         self.cfg, self.out, self.seeds = cfg, out, seeds
+        unknown = sorted(set(runs or ()) - {r.name for r in RUNS})
+        if unknown:
+            raise SystemExit(f"unknown runs: {', '.join(unknown)} (known: {', '.join(r.name for r in RUNS)})")
+        # a subset trains only those students; the tables show the others as missing (a later run adds them)
+        self.runs = tuple(r for r in RUNS if runs is None or r.name in runs)
         self.dc = [sys.executable, "-m", "pipeline.cli"]
         self.steps: list[StepRecord] = []
         self.timings_path = out / "timings.json"  # seconds of finished steps survive a resumed run
@@ -478,7 +483,7 @@ class Reproduce:
 
         results: dict[str, dict[str, dict]] = {r.name: {} for r in RUNS}
         for seed in self.seeds:
-            for run in RUNS:
+            for run in self.runs:
                 rdir = self.train(run, seed, caches)
                 rec: dict = {"eval": {}, "train_seconds": self.timings.get(f"train {run.name} seed {seed}")}
                 for where in run.evals:
@@ -496,7 +501,8 @@ class Reproduce:
         variance = feature_variance(caches["A-train"])
         doc = {"config": asdict(c), "recipe_args": {"teacher": c.recipe.teacher.args(),
                                                      "student": c.recipe.student.train_args()},
-               "seeds": self.seeds, "hardware": hardware(c.device), "teacher": teacher_info,
+               "seeds": self.seeds, "runs_trained": [r.name for r in self.runs],
+               "hardware": hardware(c.device), "teacher": teacher_info,
                "feature_variance": variance, "progress": progress(results, variance.get("total", float("nan"))),
                "runs": {r.name: {"label": r.label, "data": r.data, "flags": list(r.flags), "seeds": results[r.name]}
                         for r in RUNS},
@@ -595,6 +601,8 @@ def cli(argv: list[str] | None = None) -> Path:
                     help="smoke: tiny (tests); cpu: the demo's recipe, ~2.5 h on 2 cores (default); gpu: paper-like "
                     "sizes, --device cuda")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated student seeds (default 0,1,2)")
+    ap.add_argument("--runs", help="comma-separated student runs to train (default: all of "
+                    + ", ".join(r.name for r in RUNS) + "); the tables show the others as missing")
     ap.add_argument("--iters", type=int, help="override the preset's student iterations")
     ap.add_argument("--device", help="override the preset's device (cpu, cuda, cuda:1)")
     a = ap.parse_args(argv)
@@ -609,7 +617,8 @@ def cli(argv: list[str] | None = None) -> Path:
         cfg.recipe.student.iters = a.iters
     if a.device:
         cfg.device = a.device
-    return Reproduce(cfg, a.out, seeds).main()
+    runs = [r.strip() for r in a.runs.split(",") if r.strip()] if a.runs else None
+    return Reproduce(cfg, a.out, seeds, runs).main()
 
 
 if __name__ == "__main__":

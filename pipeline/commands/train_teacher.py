@@ -109,11 +109,12 @@ def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file:
 
     \b
     The paper's teacher (real scans): --architecture Res16UNet34C --voxel-size 0.02 (the defaults).
-    The CPU recipe of `make demo` (synthetic world, ~5 min on 2 cores):
+    The CPU recipe of `make demo` (pipeline/recipe.py; synthetic world, ~6 min on 2 cores):
       distill-cache synth scannet rooms3d/ --scenes 200 --frames 0 --seed 1000
       distill-cache train-teacher --dataset scannet --root world/ --split-file world/scannetv2_train.txt \\
         --extra-root rooms3d/ --val-split-file world/scannetv2_val.txt --architecture Res16UNet14S \\
-        --voxel-size 0.05 --steps 900 --eval-every 150 --out teacher.pth
+        --voxel-size 0.08 --steps 1400 --processes 2 --class-weights sqrt-inverse --no-geometric-augment \\
+        --no-color-augment --eval-every 200 --out teacher.pth
     """
     from stages.extract.teacher.train import Augmentation, ColorAugmentation, TeacherTrainConfig
 

@@ -139,3 +139,22 @@ def test_claims_pair_students_by_seed():
     assert compare(worse, "paired", "baseline", "A")["verdict"] == "no (worse)"
     one = res({"paired": [0.9], "baseline": [0.1]})
     assert compare(one, "paired", "baseline", "A")["verdict"] == "not resolved"
+
+
+def test_runs_subset_keeps_the_tables_order_and_refuses_unknown_names(tmp_path):
+    from pipeline.reproduce import PRESETS, RUNS, Reproduce
+
+    r = Reproduce(PRESETS["smoke"], tmp_path, [0], ["paired", "baseline", "paired-label-embedding"])
+    assert [x.name for x in r.runs] == ["baseline", "paired", "paired-label-embedding"]
+    assert [x.name for x in Reproduce(PRESETS["smoke"], tmp_path, [0]).runs] == [x.name for x in RUNS]
+    with pytest.raises(SystemExit, match="unknown runs: nope"):
+        Reproduce(PRESETS["smoke"], tmp_path, [0], ["nope", "paired"])
+
+
+def test_label_embedding_control_gets_the_teachers_channel_count(tmp_path):
+    from pipeline.reproduce import teacher_channels
+
+    (tmp_path / "t.pth.json").write_text(json.dumps({"config": {"architecture": "Res16UNet14S"}}))
+    assert teacher_channels(tmp_path / "t.pth") == 48
+    (tmp_path / "t.pth.json").write_text(json.dumps({"config": {"architecture": "Res16UNet34C"}}))
+    assert teacher_channels(tmp_path / "t.pth") == 96
