@@ -83,3 +83,14 @@ NYU40_NAMES: tuple[str, ...] = (
     "whiteboard", "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure",
     "otherfurniture", "otherprop",
 )
+
+
+def sqrt_inverse_weights(counts: np.ndarray) -> np.ndarray:
+    """Per-class loss weights 1/sqrt(frequency) from per-training-id counts (points or pixels), scaled so the
+    average labelled sample weighs 1; classes never seen keep 1. (mIoU counts a rare class as much as the wall;
+    the plain loss does not.) The teacher's and the student's `class_weights: sqrt-inverse` both use it."""
+    counts = np.asarray(counts, np.float64)
+    freq = counts / max(counts.sum(), 1.0)
+    w = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
+    w = w / max(float((w * freq).sum()), 1e-12)
+    return np.where(freq > 0, w, 1.0)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,16 +53,6 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, aux_logits: to
     if aux_logits is not None:
         loss = loss + aux_weight * F.cross_entropy(aux_logits, labels, weight=class_weight, ignore_index=IGNORE)
     return loss
-
-
-def sqrt_inverse_weights(counts: np.ndarray) -> np.ndarray:
-    """Per-class loss weights 1/sqrt(pixel frequency), scaled so the average labelled pixel weighs 1; classes
-    never seen keep 1. (mIoU counts a rare class as much as the wall; the plain loss does not.)"""
-    counts = np.asarray(counts, np.float64)
-    freq = counts / max(counts.sum(), 1.0)
-    w = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
-    w = w / max(float((w * freq).sum()), 1e-12)
-    return np.where(freq > 0, w, 1.0)
 
 
 def feature_l2_loss(f3d_sim: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cache_schema import CacheReader, LabelSpace, open_cache
-from cache_schema.labels import IGNORE
+from cache_schema.labels import IGNORE, sqrt_inverse_weights
 from stages.train.batch import Batch
 from stages.train.checkpoint import (
     CacheProvenance,
@@ -60,7 +60,6 @@ from stages.train.losses import (
     labels_at_cells,
     paired_objective,
     segmentation_loss,
-    sqrt_inverse_weights,
 )
 from stages.train.model.dimension_norm import DimensionNorm
 from stages.train.model.student import Student, StudentConfig, StudentOutput

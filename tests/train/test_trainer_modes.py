@@ -142,7 +142,8 @@ def test_sqrt_inverse_class_weights_come_from_the_caches_label_maps(cache, tmp_p
     import numpy as np
 
     from cache_schema import open_cache
-    from stages.train.losses import segmentation_loss, sqrt_inverse_weights
+    from cache_schema.labels import sqrt_inverse_weights
+    from stages.train.losses import segmentation_loss
     from stages.train.trainer import label_counts
 
     reader = open_cache(cache)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cache_schema.labels import IGNORE, LabelSpace
+from cache_schema.labels import IGNORE, LabelSpace, sqrt_inverse_weights
 
 from ..formats.records import SceneRecord
 from .backends import get_ops, resolve_backend
@@ -179,10 +179,7 @@ def class_weights(train_ids: Sequence[np.ndarray], num_classes: int, kind: str) 
     counts = np.zeros(num_classes, np.float64)
     for ids in train_ids:
         counts += np.bincount(ids[ids != IGNORE].astype(np.int64), minlength=num_classes)[:num_classes]
-    freq = counts / max(counts.sum(), 1.0)
-    w = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
-    w = w / max(float((w * freq).sum()), 1e-12)
-    return np.where(freq > 0, w, 1.0)
+    return sqrt_inverse_weights(counts)
 
 
 def _voxel_batch(points: np.ndarray, colors: np.ndarray, voxel_size: float, device: torch.device, dtype):
