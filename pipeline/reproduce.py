@@ -344,12 +344,8 @@ class Reproduce:
 
     # -- steps --
 
-    def world(self, name: str, kind: str, root: Path, scenes: int, frames: int, size: str, seed: int,
-              style: str) -> None:
-        args = ["synth", kind, str(root), "--scenes", str(scenes), "--frames", str(frames), "--seed", str(seed),
-                "--size", size, "--style", style, "--quiet"]
-        if kind == "scannet":
-            args += ["--vertex-spacing", str(self.cfg.recipe.world.vertex_spacing)]
+    def synth(self, name: str, root: Path, args: list[str]) -> None:
+        """A synthetic world (`synth` args), reused once its completion marker exists."""
         if (root / ".complete").exists():
             self.reused(name, self.line(*args))
             return
@@ -440,18 +436,13 @@ class Reproduce:
         w = c.recipe.world
         world_a, world_b, world_n = out / "world-A", out / "world-B", out / "world-nyu"
         rooms = out / "rooms3d"
-        self.world("world A (ScanNet format, style a)", "scannet", world_a, w.scenes, w.frames, w.size,
-                   c.world_seed, "a")
-        self.world("world B (world A's geometry, style b)", "scannet", world_b, w.scenes, w.frames, w.size,
-                   c.world_seed, "b")
-        self.world("NYU world (NYU-v2 format, other geometry, style b)", "nyu", world_n, c.nyu_scenes,
-                   c.nyu_frames, c.nyu_size, c.nyu_world_seed, "b")
-        rooms_args = w.rooms_args(str(rooms), c.world_seed)
-        if (rooms / ".complete").exists():
-            self.reused("3D repository (rooms without frames, for the teacher)", self.line(*rooms_args))
-        else:
-            self.cli("3D repository (rooms without frames, for the teacher)", *rooms_args)
-            (rooms / ".complete").write_text("ok\n")
+        self.synth("world A (ScanNet format, style a)", world_a, w.synth_args(str(world_a), c.world_seed, "a"))
+        self.synth("world B (world A's geometry, style b)", world_b, w.synth_args(str(world_b), c.world_seed, "b"))
+        self.synth("NYU world (NYU-v2 format, other geometry, style b)", world_n,
+                   ["synth", "nyu", str(world_n), "--scenes", str(c.nyu_scenes), "--frames", str(c.nyu_frames),
+                    "--seed", str(c.nyu_world_seed), "--size", c.nyu_size, "--style", "b", "--quiet"])
+        self.synth("3D repository (rooms without frames, for the teacher)", rooms,
+                   w.rooms_args(str(rooms), c.world_seed))
         teacher = out / "teacher.pth"
         train_split, val_split = world_a / "scannetv2_train.txt", world_a / "scannetv2_val.txt"
         teacher_args = ("train-teacher", "--dataset", "scannet", "--root", str(world_a), "--out", str(teacher),
