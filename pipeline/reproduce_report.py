@@ -70,17 +70,24 @@ def _per_seed(results: dict, run: str, where: str, key: str) -> dict[str, float]
 
 def compare(results: dict, run: str, ref: str, where: str, key: str = "miou") -> dict:
     """Per-seed differences run − ref (the same seed pairs the two students' initialisation and data order), their
-    mean and sample std, and a verdict: 'yes' when mean − 2·std/√n > 0, 'no (worse)' when mean + 2·std/√n < 0,
-    else 'not resolved' (the difference is within the seed-to-seed noise at this n; n = 1 never resolves)."""
+    mean, sample std and standard error (std/√n), and a verdict in the words a reader needs: 'holds here' when
+    mean − 2·SE > 0, 'fails here' when mean + 2·SE < 0, else 'too close to call at n = N seeds' (the difference is
+    within the seed-to-seed noise; one seed never resolves). ``outcome`` is the same as better|worse|unresolved."""
     a, b = _per_seed(results, run, where, key), _per_seed(results, ref, where, key)
     d = [a[s] - b[s] for s in sorted(set(a) & set(b))]
     st = stats(d)
-    if st["n"] < 2:
-        verdict = "not resolved"
-    else:
-        half = 2 * st["std"] / math.sqrt(st["n"])
-        verdict = "yes" if st["mean"] - half > 0 else "no (worse)" if st["mean"] + half < 0 else "not resolved"
-    return {"difference": st, "verdict": verdict}
+    n = st["n"]
+    se = st["std"] / math.sqrt(n) if n >= 2 else float("nan")
+    outcome = "unresolved"
+    if n >= 2:
+        outcome = "better" if st["mean"] - 2 * se > 0 else "worse" if st["mean"] + 2 * se < 0 else "unresolved"
+    verdict = {"better": "holds here", "worse": "fails here"}.get(
+        outcome, f"too close to call at n = {n} seed{'s' if n != 1 else ''}" if n else "not measured")
+    return {"difference": st, "se": se, "outcome": outcome, "verdict": verdict}
+
+
+def fmt_se(c: dict, scale: float = 100.0) -> str:
+    return "—" if not math.isfinite(c.get("se", float("nan"))) else f"{scale * c['se']:.2f}"
 
 
 def summarize(results: dict[str, dict[str, dict]], runs) -> dict:
@@ -193,6 +200,9 @@ def per_class_section(doc: dict) -> list[str]:
     return lines
 
 
+_OPTION_WORDS = {"better": "the option is better", "worse": "the option is worse"}
+
+
 def fmt(s: dict, scale: float = 100.0, digits: int = 2) -> str:
     if not s or s.get("n", 0) == 0:
         return "—"
@@ -238,7 +248,7 @@ def write_report(out: Path, doc: dict) -> Path:
         missing = [r for r in doc["runs"] if r not in trained]
         lines += [f"> **A partial reproduction**: only the students {', '.join(trained)} were trained (`--runs`); "
                   f"{', '.join(missing)} were not, and every cell or claim that needs them shows '—' or "
-                  "'not resolved'. Running the same command without `--runs` in the same folder adds them.", ""]
+                  "'not measured'. Running the same command without `--runs` in the same folder adds them.", ""]
     if cfg["preset"] == "smoke":
         lines += ["> **smoke preset**: a few iterations on a handful of tiny frames, to check the pipeline end to "
                   "end. These numbers say nothing about the method.", ""]
@@ -278,16 +288,20 @@ def write_report(out: Path, doc: dict) -> Path:
     if t.get("options"):
         lines += ["", "## The paper's student, option by option (paired, A val)", "",
                   "Each row: the paired student with one option changed, minus the default paired student of the "
-                  "same seed (mIoU points).", "", "| option | mIoU | difference | resolved? |", "|---|---|---|---|"]
-        lines += [f"| {o['option']} | {fmt(o['A_val_miou'])} | {fmt(o['difference'])} | {o['verdict']} |"
+                  "same seed (mIoU points), with its standard error.", "",
+                  "| option | mIoU | difference | SE | outcome |", "|---|---|---|---|---|"]
+        lines += [f"| {o['option']} | {fmt(o['A_val_miou'])} | {fmt(o['difference'])} | {fmt_se(o)} | "
+                  f"{_OPTION_WORDS.get(o['outcome'], o['verdict']) if o['difference']['n'] else 'not measured'} |"
                   for o in t["options"]]
     if t.get("claims"):
         lines += ["", "## Do the paper's claims hold here?", "",
                   "Each row pairs the two students of the same seed: difference = run − reference (mIoU points, SSIM "
-                  "×100), mean ± std over seeds. 'yes' needs the mean to exceed two standard errors; otherwise the "
-                  "difference is not resolved from the seed-to-seed noise at this size.", "",
-                  "| claim | difference | holds? |", "|---|---|---|"]
-        lines += [f"| {c['claim']} | {fmt(c['difference'])} | {c['verdict']} |" for c in t["claims"]]
+                  "×100), mean ± sample std over seeds, and its standard error SE = std/√n. 'holds here' needs "
+                  "mean − 2 SE > 0, 'fails here' mean + 2 SE < 0; otherwise the difference is inside the "
+                  "seed-to-seed noise: too close to call at that number of seeds.", "",
+                  "| claim | difference | SE | verdict |", "|---|---|---|---|"]
+        lines += [f"| {c['claim']} | {fmt(c['difference'])} | {fmt_se(c)} | {c['verdict']} |"
+                  for c in t["claims"]]
     lines += per_class_section(doc)
     lines += progress_section(doc)
     if cfg["preset"] != "smoke":

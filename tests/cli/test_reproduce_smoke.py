@@ -131,14 +131,17 @@ def test_claims_pair_students_by_seed():
         return {run: {str(s): {"eval": {"A": {"miou": v}}} for s, v in enumerate(vs)} for run, vs in values.items()}
 
     clear = res({"paired": [0.30, 0.41, 0.52], "baseline": [0.20, 0.30, 0.41]})  # +0.10, +0.11, +0.11
-    assert compare(clear, "paired", "baseline", "A")["verdict"] == "yes"
-    assert abs(compare(clear, "paired", "baseline", "A")["difference"]["mean"] - 0.1067) < 1e-3
+    c = compare(clear, "paired", "baseline", "A")
+    assert (c["verdict"], c["outcome"]) == ("holds here", "better")
+    assert abs(c["difference"]["mean"] - 0.1067) < 1e-3
+    assert abs(c["se"] - c["difference"]["std"] / 3 ** 0.5) < 1e-12
     noisy = res({"paired": [0.30, 0.20, 0.50], "baseline": [0.20, 0.30, 0.41]})  # +0.10, -0.10, +0.09
-    assert compare(noisy, "paired", "baseline", "A")["verdict"] == "not resolved"
+    assert compare(noisy, "paired", "baseline", "A")["verdict"] == "too close to call at n = 3 seeds"
     worse = res({"paired": [0.10, 0.20, 0.31], "baseline": [0.20, 0.30, 0.41]})
-    assert compare(worse, "paired", "baseline", "A")["verdict"] == "no (worse)"
+    assert compare(worse, "paired", "baseline", "A")["verdict"] == "fails here"
     one = res({"paired": [0.9], "baseline": [0.1]})
-    assert compare(one, "paired", "baseline", "A")["verdict"] == "not resolved"
+    assert compare(one, "paired", "baseline", "A")["verdict"] == "too close to call at n = 1 seed"
+    assert compare(res({"paired": [0.5]}), "paired", "baseline", "A")["verdict"] == "not measured"
 
 
 def test_runs_subset_keeps_the_tables_order_and_refuses_unknown_names(tmp_path):
