@@ -30,10 +30,14 @@ class DemoConfig:
     seed: int = 0
     smoke: bool = False  # tiny sizes for the test suite
     recipe: CpuRecipe = field(default_factory=CpuRecipe)
+    # the students' learning curves: iterations between scores on the validation cache (`train --val-cache`);
+    # they do not change what a student learns, so they are not part of the stamp
+    student_val_every: int = 250
 
     def __post_init__(self) -> None:
         if self.smoke:
             self.recipe = smoke_recipe()
+            self.student_val_every = 2
 
     def stamp(self) -> dict:
         """What the outputs depend on (not where they go)."""
@@ -151,13 +155,15 @@ class Demo:
             s.seconds = time.perf_counter() - t
 
         results, seconds = {}, {}
+        curve_args = ["--val-cache", str(caches["val"]), "--val-every", str(c.student_val_every),
+                      "--set", f"log.val_scales=[{r.student.eval_scale}]"] if c.student_val_every else []
         for mode in STUDENTS:
             run = out / f"student-{mode}"
             s = self.step(f"train {mode} student", (run / "last.pt").exists())
             if not s.skipped:
                 t = time.perf_counter()
                 self.run_cli(s, "train", "--cache", str(caches["train"]), "--out", str(run), "--mode", mode,
-                             *r.student.train_args(), "--seed", str(c.seed))
+                             *r.student.train_args(), "--seed", str(c.seed), *curve_args)
                 s.seconds = time.perf_counter() - t
                 (run / "demo-seconds.json").write_text(json.dumps({"seconds": round(s.seconds, 1)}))
             with contextlib.suppress(OSError, ValueError):
@@ -195,8 +201,8 @@ def class_prior_miou(result: dict) -> float:
     return max(gt.values()) / total / len(scored)
 
 
-def _read_log(run: Path) -> dict[str, list[float]]:
-    path = run / "log.csv"
+def _read_log(run: Path, name: str = "log.csv") -> dict[str, list[float]]:
+    path = run / name
     cols: dict[str, list[float]] = {}
     if not path.exists():
         return cols
@@ -208,6 +214,14 @@ def _read_log(run: Path) -> dict[str, list[float]]:
     return cols
 
 
+def _read_val_curve(run: Path) -> list[dict[str, float]]:
+    """The student's validation curve (val.csv of `train --val-cache`): iteration, mIoU, pixel accuracy."""
+    cols = _read_log(run, "val.csv")
+    return [{"iter": int(i), "miou": m, "pixel_accuracy": a}
+            for i, m, a in zip(cols.get("iter", []), cols.get("miou", []), cols.get("pixel_accuracy", []),
+                               strict=False)]
+
+
 def _teacher_info(teacher: Path | None) -> dict:
     from stages.extract.teacher.checkpoint import sidecar_path
 
@@ -217,14 +231,15 @@ def _teacher_info(teacher: Path | None) -> dict:
 
 
 def results_json(cfg: DemoConfig | None, teacher_info: dict, results: dict[str, dict], seconds: dict[str, float],
-                 wall: float) -> dict:
+                 wall: float, curves: dict[str, list[dict]] | None = None) -> dict:
     """What `runs/demo/results.json` holds: the teacher's and each student's figures, and the configuration."""
     val = teacher_info.get("val") or {}
     students = {}
     for mode, r in results.items():
         students[mode] = {"miou": r["miou"], "macc": r["macc"], "pixel_accuracy": r["pixel_accuracy"],
                           "seconds": seconds.get(mode), "class_prior_miou": class_prior_miou(r),
-                          "iou": {n: c["iou"] for n, c in r["classes"].items()}}
+                          "iou": {n: c["iou"] for n, c in r["classes"].items()},
+                          "val_curve": (curves or {}).get(mode, [])}
     out = {"teacher": {"miou": val.get("miou"), "seconds": teacher_info.get("seconds"),
                        "wall_seconds": teacher_info.get("wall_seconds"),
                        "architecture": (teacher_info.get("config") or {}).get("architecture"),
@@ -258,7 +273,8 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     info = _teacher_info(teacher)
-    summary = results_json(cfg, info, results, student_seconds or {}, wall)
+    curves = {mode: _read_val_curve(out / f"student-{mode}") for mode in results}
+    summary = results_json(cfg, info, results, student_seconds or {}, wall, curves)
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     # the teacher's learning curve: validation 3D mIoU against training seconds
     curve = [c for c in info.get("curve") or [] if c.get("val_miou") is not None]
@@ -274,19 +290,27 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
     plt.tight_layout()
     plt.savefig(fig_dir / "teacher_curve.png", dpi=110)
     plt.close()
-    # the students' training curves
-    plt.figure(figsize=(7, 3.5))
+    # the students' curves: training loss, and validation mIoU where `train --val-cache` recorded it
+    has_val = any(curves.values())
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(11 if has_val else 7, 3.5), squeeze=False)
     for mode in results:
         log = _read_log(out / f"student-{mode}")
         key = "seg" if "seg" in log else ("loss" if "loss" in log else None)
         if key and "iter" in log:
-            plt.plot(log["iter"], log[key], label=f"{mode} (segmentation loss)")
-    plt.xlabel("iteration")
-    plt.ylabel("segmentation loss")
-    plt.legend()
-    plt.tight_layout()
-    plt.savefig(fig_dir / "curves.png", dpi=110)
-    plt.close()
+            axes[0, 0].plot(log["iter"], log[key], label=f"{mode} (segmentation loss)")
+        if has_val and curves.get(mode):
+            axes[0, 1].plot([c["iter"] for c in curves[mode]], [100 * c["miou"] for c in curves[mode]], "o-",
+                            label=mode)
+    axes[0, 0].set_xlabel("iteration")
+    axes[0, 0].set_ylabel("segmentation loss")
+    axes[0, 0].legend()
+    if has_val:
+        axes[0, 1].set_xlabel("iteration")
+        axes[0, 1].set_ylabel("validation mIoU (%)")
+        axes[0, 1].legend()
+    fig.tight_layout()
+    fig.savefig(fig_dir / "curves.png", dpi=110)
+    plt.close(fig)
     # per-class IoU bars: the teacher (3D, points) and the students (2D, pixels)
     names = list(next(iter(results.values()))["classes"]) if results else []
     series = [(f"teacher 3D (mIoU {100 * summary['teacher']['miou']:.1f})", summary["teacher"]["iou"] or {})] \
@@ -342,6 +366,13 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
         lines.append(f"| {mode} | {pct(r['miou'])} | {pct(r['macc'])} | {pct(r['pixel_accuracy'])} | {secs} |")
     prior = next(iter(summary["students"].values()))["class_prior_miou"] if summary["students"] else float("nan")
     lines += ["", f"Predicting the most frequent class everywhere would score {pct(prior)} % mIoU (the class prior)."]
+    learning = [f"{mode} " + " → ".join(pct(c["miou"]) for c in r["val_curve"]) + f" {_trend(r['val_curve'])}"
+                for mode, r in summary["students"].items() if len(r["val_curve"]) >= 2]
+    if learning:
+        at = ", ".join(str(c["iter"]) for c in next(r for r in summary["students"].values() if r["val_curve"])[
+            "val_curve"])
+        lines += ["", f"Validation mIoU during training (iterations {at}; same protocol): " + "; ".join(learning)
+                  + ". A curve still rising at the end means the budget, not the method, stops the student."]
     if "paired_minus_baseline" in summary:
         lines += ["", f"Paired − baseline: **{100 * summary['paired_minus_baseline']:+.1f} points** of mIoU, from "
                   "**one seed**: a single seed does not measure seed-to-seed noise, so this figure alone neither "
@@ -365,6 +396,14 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def _trend(curve: list[dict]) -> str:
+    """'(still rising)' when the last score gains more than a point on the one before, '(flat)' otherwise."""
+    if len(curve) < 2:
+        return ""
+    gain = curve[-1]["miou"] - curve[-2]["miou"]
+    return "(still rising)" if gain > 0.01 else "(falling)" if gain < -0.01 else "(flat)"
 
 
 def _prediction_panel(out: Path, cache, scene: str, fig_dir: Path) -> Path | None:

@@ -13,7 +13,7 @@ _OPTION_KEYS = {
     "mode": "mode", "iters": "schedule.iters", "epochs": "schedule.epochs", "batch_size": "data.batch_size",
     "crop": "data.crop", "lr": "optim.lr", "depth": "model.depth", "norm": "model.norm", "disc": "loss.disc",
     "pretrained": "model.pretrained", "device": "device", "seed": "seed", "checkpoint_every": "log.checkpoint_every",
-    "workers": "data.workers", "amp": "amp", "width": "model.width",
+    "workers": "data.workers", "amp": "amp", "width": "model.width", "val_every": "log.val_every",
 }
 
 
@@ -26,6 +26,11 @@ _OPTION_KEYS = {
               help="YAML config; its keys override stages/train/configs/default.yaml (the paper's settings).")
 @click.option("--feature-cache", help="--mode unpaired: the cache holding the 3D features (positives of the "
               "discriminators and DN1's statistics).")
+@click.option("--val-cache", help="Validation cache (e.g. the val split, made like --cache): the student is scored on "
+              "it during training with evaluate's protocol (log.val_scales, default whole frames at scale 1) and the "
+              "learning curve goes to val.csv. Scores at the end, and every --val-every iterations.")
+@click.option("--val-every", type=click.IntRange(min=0), help="Iterations between validation scores (needs "
+              "--val-cache; 0: at the end only). [config: 0]")
 @click.option("--mode", type=click.Choice(["baseline", "paired", "unpaired", "multitask"]),
               help="baseline: PSPNet; paired: L_s + 0.03 L_p; unpaired: L_s + 0.01 L_adv with per-class "
               "discriminators; multitask: the branch regresses depth (Table 2). [config: paired]")
@@ -58,7 +63,7 @@ _OPTION_KEYS = {
               help="Stop (with a checkpoint) after this many iterations, as an interruption would.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout at the end.")
-def command(cache, out, config_file, feature_cache, resume, force, stop_after, quiet, as_json, overrides,
+def command(cache, out, config_file, feature_cache, val_cache, resume, force, stop_after, quiet, as_json, overrides,
             **options):
     """Train the 2D student (PSPNet + the 3D-to-2D distillation branch) from CACHE only, on CPU, one GPU, or
     several processes under torchrun (e.g. `torchrun --nproc-per-node 4 -m pipeline.cli train ...`)."""
@@ -79,15 +84,17 @@ def command(cache, out, config_file, feature_cache, resume, force, stop_after, q
             cfg = load_config(config_file)
         cfg = apply_overrides(cfg, list(overrides))
         cfg = apply_overrides(cfg, given)
-        result = train(cfg, cache, out, feature_cache=feature_cache, resume=resume, force=force,
-                       stop_after=stop_after)
+        result = train(cfg, cache, out, feature_cache=feature_cache, val_cache=val_cache, resume=resume,
+                       force=force, stop_after=stop_after)
     except (CacheError, ConfigError, CheckpointError, ProvenanceError, TrainError) as e:
         raise click.ClickException(str(e)) from e
     if result.checkpoint is None:  # a non-zero rank under torchrun: rank 0 reports
         return
     summary = {"run_dir": str(result.run_dir), "iterations": result.iterations, "total_iters": result.total_iters,
                "checkpoint": str(result.checkpoint), "log": str(result.log_csv), "last": result.last,
-               "peak_gpu_memory_mb": result.peak_gpu_memory_mb}
+               "peak_gpu_memory_mb": result.peak_gpu_memory_mb,
+               "val_curve": [{k: r[k] for k in ("iter", "miou", "macc", "pixel_accuracy", "seconds")}
+                             for r in result.val_curve]}
     if as_json:
         click.echo(json.dumps(summary))
     else:

@@ -109,6 +109,10 @@ class LogConfig:
     keep_checkpoints: bool = False  # also keep iter_XXXXXXX.pt beside last.pt
     tensorboard: bool = True  # only if torch.utils.tensorboard imports
     progress: bool = True  # tqdm bar on stderr
+    # the validation curve: iterations between scores of the student on `train --val-cache` (0: only at the end,
+    # and only when a validation cache is given); rows in val.csv, the protocol of `evaluate` at val_scales
+    val_every: int = 0
+    val_scales: tuple[float, ...] = (1.0,)
 
 
 @dataclass
@@ -151,6 +155,9 @@ class TrainConfig:
              f"schedule.iters must be >= 1, got {self.schedule.iters}"),
             (self.schedule.epochs > 0, f"schedule.epochs must be > 0, got {self.schedule.epochs}"),
             (self.log.every >= 1 and self.log.checkpoint_every >= 1, "log.every and log.checkpoint_every must be >= 1"),
+            (self.log.val_every >= 0, f"log.val_every must be >= 0, got {self.log.val_every}"),
+            (len(self.log.val_scales) >= 1 and all(x > 0 for x in self.log.val_scales),
+             f"log.val_scales must be positive scales, got {self.log.val_scales}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -199,6 +206,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is tuple:
         args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where}: expected a list of values, got {value!r}")
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))

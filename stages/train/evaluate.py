@@ -124,14 +124,41 @@ class PredictionWriter:
                 raise OSError(f"cannot write prediction {path}")
 
 
-def evaluate(checkpoint: str | Path, cache: str | Path, cfg: EvalConfig | None = None, *, force: bool = False,
-             save_predictions: str | Path | None = None, scenes: list[str] | None = None, progress: bool = True,
-             echo: Callable[[str], None] | None = None) -> EvalResult:
-    """Run the checkpoint's student over every frame of the cache once and score it."""
+def score_frames(forward: Callable[[torch.Tensor], torch.Tensor], reader: CacheReader, space: LabelSpace,
+                 inference: InferenceConfig, compare: tuple[int, int] | None, *, device: torch.device,
+                 batch_size: int = 4, workers: int = 2, scenes: list[str] | None = None,
+                 save_predictions: str | Path | None = None, progress: bool = True,
+                 desc: str = "evaluate") -> tuple[SegmentationScores, int]:
+    """Score ``forward`` (images → logits, in eval mode) over every frame of ``reader`` once: the one scoring loop
+    of `evaluate` and of the validation curve `train` records (``log.val_every``)."""
     from tqdm import tqdm
 
     from stages.train.loader import CacheLoader, LoaderConfig
 
+    metric = SegmentationMetric(space, device=device)
+    lcfg = LoaderConfig(batch_size=batch_size, train=False, drop_last=False, workers=workers)
+    frames = 0
+    with CacheLoader(reader, lcfg, device=device, scenes=scenes) as loader:
+        writer = (PredictionWriter(Path(save_predictions), reader, loader.frame_table, space)
+                  if save_predictions else None)
+        for raw in tqdm(loader, total=len(loader), desc=desc, unit="batch", file=sys.stderr, disable=not progress):
+            batch = ImageOnlyBatch(image=raw.image, labels=raw.labels, index=raw.index)
+            del raw
+            pred = predict_probabilities(forward, batch.image, inference).argmax(dim=1)
+            labels = batch.labels
+            if compare is not None:
+                pred, labels = _resize_nearest(pred, compare), _resize_nearest(labels, compare)
+            metric.update(pred, labels, pred_ids="train", target_ids="train")
+            if writer is not None:
+                writer.write(pred, batch.index)
+            frames += batch.image.shape[0]
+    return metric.compute(), frames
+
+
+def evaluate(checkpoint: str | Path, cache: str | Path, cfg: EvalConfig | None = None, *, force: bool = False,
+             save_predictions: str | Path | None = None, scenes: list[str] | None = None, progress: bool = True,
+             echo: Callable[[str], None] | None = None) -> EvalResult:
+    """Run the checkpoint's student over every frame of the cache once and score it."""
     cfg = cfg or EvalConfig()
     echo = echo or (lambda m: print(m, file=sys.stderr))
     device = resolve_device(cfg.device)
@@ -154,25 +181,10 @@ def evaluate(checkpoint: str | Path, cache: str | Path, cfg: EvalConfig | None =
                               "--force)")
     compare = resolve_compare_size(cfg.compare_size, space)
     inference = cfg.inference(training_crop(ckpt))
-    metric = SegmentationMetric(space, device=device)
-    lcfg = LoaderConfig(batch_size=cfg.batch_size, train=False, drop_last=False, workers=cfg.workers)
-    frames = 0
-    with CacheLoader(reader, lcfg, device=device, scenes=scenes) as loader:
-        writer = (PredictionWriter(Path(save_predictions), reader, loader.frame_table, space)
-                  if save_predictions else None)
-        for raw in tqdm(loader, total=len(loader), desc="evaluate", unit="batch", file=sys.stderr,
-                        disable=not progress):
-            batch = ImageOnlyBatch(image=raw.image, labels=raw.labels, index=raw.index)
-            del raw
-            pred = predict_probabilities(model, batch.image, inference).argmax(dim=1)
-            labels = batch.labels
-            if compare is not None:
-                pred, labels = _resize_nearest(pred, compare), _resize_nearest(labels, compare)
-            metric.update(pred, labels, pred_ids="train", target_ids="train")
-            if writer is not None:
-                writer.write(pred, batch.index)
-            frames += batch.image.shape[0]
-    return EvalResult(scores=metric.compute(), frames=frames, label_space=space, compare_size=compare,
+    scores, frames = score_frames(model, reader, space, inference, compare, device=device, batch_size=cfg.batch_size,
+                                  workers=cfg.workers, scenes=scenes, save_predictions=save_predictions,
+                                  progress=progress)
+    return EvalResult(scores=scores, frames=frames, label_space=space, compare_size=compare,
                       checkpoint=str(checkpoint), cache=str(reader.url), iteration=ckpt.iteration,
                       mode=training_mode(ckpt), warnings=warnings, protocol=inference.describe())
 

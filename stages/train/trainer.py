@@ -65,6 +65,7 @@ from stages.train.model.dimension_norm import DimensionNorm
 from stages.train.model.student import Student, StudentConfig, StudentOutput
 
 LAST_CHECKPOINT = "last.pt"
+VAL_LOG = "val.csv"  # the learning curve on --val-cache: one row per score
 LOG_COLUMNS = ("iter", "epoch", "loss", "seg", "paired", "depth", "adv_g", "adv_d", "lr", "data_time", "step_time",
                "data_wait_frac", "frames_per_s")
 
@@ -144,6 +145,7 @@ class TrainResult:
     log_csv: Path | None
     last: dict[str, float] = field(default_factory=dict)  # loss terms of the last log interval
     peak_gpu_memory_mb: float | None = None  # this process's peak allocated CUDA memory during run(); None on CPU
+    val_curve: list[dict[str, float]] = field(default_factory=list)  # val.csv's rows (rank 0, with --val-cache)
 
 
 @dataclass
@@ -247,7 +249,8 @@ class Trainer:
     checkpoint), as an interruption would."""
 
     def __init__(self, cfg: TrainConfig, cache: str | Path, out: str | Path, *, feature_cache: str | Path | None = None,
-                 resume: bool = False, force: bool = False, echo: Callable[[str], None] | None = None) -> None:
+                 val_cache: str | Path | None = None, resume: bool = False, force: bool = False,
+                 echo: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg.validate()
         self.out = Path(out)
         self.resume, self.force = resume, force
@@ -263,6 +266,7 @@ class Trainer:
         self.reader, self.feature_reader = self._open_caches(cache, feature_cache)
         self._check_provenance()
         self.label_space = LabelSpace.from_json(self.reader.manifest.dataset.label_space)
+        self.val_reader = self._open_val_cache(val_cache)
         self._seed()
         self.student_config = self._student_config()
         self.student = Student(self.student_config).to(self.device)
@@ -353,6 +357,26 @@ class Trainer:
                              f"cache's {b.name} ({b.num_classes}) differ: the semantic-aware discriminators pair "
                              "categories by training id, so both caches must share one label space")
         return reader, freader
+
+    def _open_val_cache(self, val_cache: str | Path | None) -> CacheReader | None:
+        """The validation cache of the learning curve (rank 0 scores it), made like the training cache."""
+        if val_cache is None:
+            if self.cfg.log.val_every:
+                raise TrainError(f"log.val_every is {self.cfg.log.val_every} but no validation cache is given "
+                                 "(--val-cache)")
+            return None
+        reader = open_cache(val_cache)
+        if not reader.complete_scenes():
+            raise TrainError(f"--val-cache {reader.url}: no complete scene to score")
+        space = LabelSpace.from_json(reader.manifest.dataset.label_space)
+        if space.ids != self.label_space.ids:
+            raise TrainError(f"--val-cache {reader.url} uses label space {space.name}, the training cache "
+                             f"{self.label_space.name}: their scores would not compare")
+        problems = provenance_problems(CacheProvenance.of(self.reader), reader, scope="params")
+        if problems:
+            raise TrainError(f"--val-cache {reader.url} was made differently from the training cache:\n  "
+                             + "\n  ".join(problems))
+        return reader if self.env.is_main else None
 
     def _check_provenance(self) -> None:
         if self.ckpt is None:
@@ -611,11 +635,61 @@ class Trainer:
                           "tensorboard); log.csv has the same figures")
         return (f, writer), tb
 
+    def _open_val_log(self) -> tuple[Path, list[dict[str, float]]] | None:
+        """val.csv of the learning curve; a resumed run keeps the rows up to its checkpoint."""
+        if self.val_reader is None:
+            return None
+        path = self.out / VAL_LOG
+        rows: list[dict[str, float]] = []
+        if self.resume and path.exists():
+            with open(path, newline="") as f:
+                rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+            rows = [r for r in rows if r.get("iter", math.inf) <= self.iteration]
+        self._write_val_log(path, rows)
+        return path, rows
+
+    def _write_val_log(self, path: Path, rows: list[dict[str, float]]) -> None:
+        columns = ["iter", "miou", "macc", "pixel_accuracy", "frames", "seconds",
+                   *(f"iou_{n}" for n in self.label_space.names)]
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows([[_fmt(r.get(c)) for c in columns] for r in rows])
+        os.replace(tmp, path)
+
+    def validate(self) -> dict[str, float]:
+        """Score the current student on the validation cache with `evaluate`'s protocol (whole frames at
+        ``log.val_scales``, no flip, compared at the benchmark size) and return the row of val.csv. Eval mode, no
+        gradient, no draw from any training random stream: a run with a curve trains exactly as one without."""
+        from stages.train.evaluate import EvalConfig, resolve_compare_size, score_frames
+
+        assert self.val_reader is not None
+        t0 = time.perf_counter()
+        ecfg = EvalConfig(scales=tuple(self.cfg.log.val_scales), workers=self.cfg.data.workers)  # evaluate's batches
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            with self._autocast():
+                scores, frames = score_frames(lambda x: self.student(x).logits.float(), self.val_reader,
+                                              self.label_space, ecfg.inference(self.cfg.data.crop),
+                                              resolve_compare_size(ecfg.compare_size, self.label_space),
+                                              device=self.device, batch_size=ecfg.batch_size, workers=ecfg.workers,
+                                              progress=False)
+        finally:
+            self.student.train(was_training)
+        row = {"iter": float(self.iteration), "miou": scores.miou, "macc": scores.macc,
+               "pixel_accuracy": scores.pixel_accuracy, "frames": float(frames),
+               "seconds": time.perf_counter() - t0}
+        row.update({f"iou_{n}": float(v) for n, v in zip(self.label_space.names, scores.iou, strict=True)})
+        return row
+
     def run(self, stop_after: int | None = None) -> TrainResult:
         from tqdm import tqdm
 
         cfg = self.cfg
         csv_log, tb = self._open_logs()
+        val_log = self._open_val_log()
         frames_per_step = self._per_rank_batch() * self.env.world_size
         bar = tqdm(total=self.total_iters, initial=self.iteration, desc=f"train {cfg.mode}", unit="it",
                    file=sys.stderr, dynamic_ncols=True, disable=not (self.env.is_main and cfg.log.progress))
@@ -649,6 +723,17 @@ class Trainer:
                     interval = _Interval()
                 if self.iteration % cfg.log.checkpoint_every == 0 or self.iteration == stop:
                     self.save()
+                due = self.iteration == self.total_iters or (cfg.log.val_every and
+                                                             self.iteration % cfg.log.val_every == 0)
+                if val_log is not None and due:
+                    row = self.validate()
+                    val_log[1].append(row)
+                    self._write_val_log(*val_log)
+                    tqdm.write(f"validation at iteration {self.iteration}: mIoU {100 * row['miou']:.2f}, pixel "
+                              f"accuracy {100 * row['pixel_accuracy']:.2f} ({row['seconds']:.1f} s)", file=sys.stderr)
+                    if tb is not None:
+                        for k in ("miou", "macc", "pixel_accuracy"):
+                            tb.add_scalar(f"val/{k}", row[k], self.iteration)
         finally:
             bar.close()
             if csv_log is not None:
@@ -660,7 +745,7 @@ class Trainer:
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else None
         return TrainResult(run_dir=self.out, iterations=self.iteration, total_iters=self.total_iters,
                            checkpoint=ckpt_path, log_csv=self.out / "log.csv" if self.env.is_main else None, last=last,
-                           peak_gpu_memory_mb=peak)
+                           peak_gpu_memory_mb=peak, val_curve=list(val_log[1]) if val_log is not None else [])
 
     def _log_row(self, iv: _Interval, lr: float, csv_log, tb, bar) -> dict[str, float]:
         n = max(iv.iters, 1)
@@ -706,8 +791,8 @@ def _fmt(v: Any) -> str:
 
 
 def train(cfg: TrainConfig, cache: str | Path, out: str | Path, *, feature_cache: str | Path | None = None,
-          resume: bool = False, force: bool = False, stop_after: int | None = None,
-          echo: Callable[[str], None] | None = None) -> TrainResult:
+          val_cache: str | Path | None = None, resume: bool = False, force: bool = False,
+          stop_after: int | None = None, echo: Callable[[str], None] | None = None) -> TrainResult:
     """Build a Trainer and run it to the end (or to ``stop_after`` iterations)."""
-    return Trainer(cfg, cache, out, feature_cache=feature_cache, resume=resume, force=force,
+    return Trainer(cfg, cache, out, feature_cache=feature_cache, val_cache=val_cache, resume=resume, force=force,
                    echo=echo).run(stop_after=stop_after)

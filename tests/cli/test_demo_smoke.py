@@ -28,10 +28,14 @@ def test_demo_smoke_end_to_end(tmp_path):
         st = res["students"][mode]
         assert 0.0 <= st["miou"] <= 1.0 and 0.0 <= st["pixel_accuracy"] <= 1.0 and st["seconds"] > 0
         assert 0.0 < st["class_prior_miou"] < 1.0
+        # the learning curve (train --val-cache): scored at iterations 2 and 4, the last one as evaluate scores it
+        assert [c["iter"] for c in st["val_curve"]] == [2, 4]
+        assert st["val_curve"][-1]["miou"] == pytest.approx(st["miou"], abs=1e-6)
     assert res["paired_minus_baseline"] == pytest.approx(res["students"]["paired"]["miou"]
                                                          - res["students"]["baseline"]["miou"])
     assert res["config"]["teacher"]["architecture"] == "Res16UNet14S" and res["config"]["smoke"] is True
     assert "--extra-root" in report and "one seed" in report
+    assert "Validation mIoU during training (iterations 2, 4" in report and "--val-cache" in report
     # a second run reuses the world, the teacher, the caches' complete scenes and the students
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
