@@ -9,6 +9,8 @@ Worlds (generated once, seeds fixed; only the students' seeds vary):
 
 Students (per seed), all through `distill-cache train` / `evaluate`:
 - on A's cache: baseline, multitask, paired (DN), paired (BN) → evaluated on A val, B val and the NYU test split;
+  the label-embedding control, the student's architecture options, and baseline/paired with the paper's
+  unweighted L_s (the recipe weights it by class) → A val (and B val);
 - on the NYU 2D cache: baseline, unpaired (DN, per-class discriminators = SAAL), unpaired (BN, per-class),
   unpaired (DN, one shared discriminator), with A's train cache as the 3D feature source → the NYU test split.
 §4.5: a small depth decoder on frozen "res-block-4" (layer4, stride 8) features of the baseline and the paired
@@ -96,6 +98,7 @@ class StudentRun:
     flags: tuple[str, ...]
     evals: tuple[str, ...]  # evaluation sets: "A" (A val), "B" (B val), "nyu" (NYU test)
     label: str
+    recipe_overrides: tuple[str, ...] = ()  # flags placed after the recipe's, to replace one of its settings
 
 
 RUNS: tuple[StudentRun, ...] = (
@@ -113,6 +116,12 @@ RUNS: tuple[StudentRun, ...] = (
                "paired, the branch reads the pyramid-pooling output (the release)"),
     StudentRun("paired-conv2-linear", "A", ("--mode", "paired", "--set", "model.conv2_relu=false"), ("A",),
                "paired, Conv2 without its ReLU"),
+    # the recipe's sqrt-inverse class weights (tuned for the baseline) against the paper's unweighted L_s: both
+    # reweight the rare classes the teacher's features also carry, so the paired gain is measured without them too
+    StudentRun("baseline-unweighted", "A", ("--mode", "baseline"), ("A", "B"),
+               "PSPNet (baseline), the paper's unweighted L_s", ("--set", "loss.class_weights=none")),
+    StudentRun("paired-unweighted", "A", ("--mode", "paired", "--norm", "dn"), ("A", "B"),
+               "Ours, paired (DN), the paper's unweighted L_s", ("--set", "loss.class_weights=none")),
     StudentRun("nyu-baseline", "nyu", ("--mode", "baseline"), ("nyu",), "PSPNet (baseline)"),
     StudentRun("unpaired", "nyu", ("--mode", "unpaired", "--norm", "dn", "--disc", "per-class"), ("nyu",),
                "Ours, unpaired (DN, SAAL)"),
@@ -365,8 +374,8 @@ class Reproduce:
         c = self.cfg
         rdir = self.out / "students" / f"{run.name}-s{seed}"
         name = f"train {run.name} seed {seed}"
-        args = ["train", "--out", str(rdir), *run.flags, *c.recipe.student.train_args(), "--seed", str(seed),
-                "--device", c.device, "--quiet", "--json"]
+        args = ["train", "--out", str(rdir), *run.flags, *c.recipe.student.train_args(), *run.recipe_overrides,
+                "--seed", str(seed), "--device", c.device, "--quiet", "--json"]
         if run.data in ("A", "A-le"):
             args += ["--cache", str(caches["A-train" if run.data == "A" else "A-train-le"])]
         else:

@@ -110,6 +110,12 @@ def test_reproduce_smoke_end_to_end(tmp_path):
         body = next(s for s in sections if s.startswith(name))
         assert len(re.findall(r"^\| [^-|].*" + NUMBER, body, flags=re.M)) == rows, body
     assert "student seeds 0" in report and "train paired seed 0" in report
+    # the unweighted-L_s ablation replaces the recipe's class weights (its flags come after the recipe's)
+    for run, weights in (("baseline", "sqrt-inverse"), ("baseline-unweighted", "none"), ("paired-unweighted", "none")):
+        run_cfg = json.loads((out / "students" / f"{run}-s0" / "config.json").read_text())
+        assert run_cfg["loss"]["class_weights"] == weights, run
+    assert [r["run"] for r in t["weighting"]] == ["baseline", "paired", "baseline-unweighted", "paired-unweighted"]
+    assert "## The recipe's class weights or the paper's unweighted L_s?" in report
 
     # a second invocation reuses every step and writes the same tables
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
