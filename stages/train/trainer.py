@@ -721,8 +721,7 @@ class Trainer:
                 if self.iteration % cfg.log.every == 0 or self.iteration == stop:
                     last = self._log_row(interval, lr, csv_log, tb, bar)
                     interval = _Interval()
-                if self.iteration % cfg.log.checkpoint_every == 0 or self.iteration == stop:
-                    self.save()
+                # score before the checkpoint: a run killed in between resumes from the previous one and scores again
                 due = self.iteration == self.total_iters or (cfg.log.val_every and
                                                              self.iteration % cfg.log.val_every == 0)
                 if val_log is not None and due:
@@ -734,6 +733,8 @@ class Trainer:
                     if tb is not None:
                         for k in ("miou", "macc", "pixel_accuracy"):
                             tb.add_scalar(f"val/{k}", row[k], self.iteration)
+                if self.iteration % cfg.log.checkpoint_every == 0 or self.iteration == stop:
+                    self.save()
         finally:
             bar.close()
             if csv_log is not None:
