@@ -127,8 +127,8 @@ def summarize(results: dict[str, dict[str, dict]], runs) -> dict:
 
 
 PROGRESS_RUNS = ["baseline", "multitask", "paired", "paired-bn", "paired-label-embedding", "paired-linear-fusion",
-                 "paired-branch-ppm", "paired-conv2-linear", "nyu-baseline", "unpaired", "unpaired-bn",
-                 "unpaired-shared"]
+                 "paired-branch-ppm", "paired-conv2-linear", "baseline-unweighted", "paired-unweighted",
+                 "nyu-baseline", "unpaired", "unpaired-bn", "unpaired-shared"]
 
 
 def progress(results: dict, total_variance: float) -> list[dict]:
