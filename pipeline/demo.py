@@ -32,7 +32,7 @@ class DemoConfig:
     recipe: CpuRecipe = field(default_factory=CpuRecipe)
     # the students' learning curves: iterations between scores on the validation cache (`train --val-cache`);
     # they do not change what a student learns, so they are not part of the stamp
-    student_val_every: int = 250
+    student_val_every: int = 500
 
     def __post_init__(self) -> None:
         if self.smoke:
