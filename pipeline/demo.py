@@ -201,8 +201,8 @@ def class_prior_miou(result: dict) -> float:
     return max(gt.values()) / total / len(scored)
 
 
-def _read_log(run: Path, name: str = "log.csv") -> dict[str, list[float]]:
-    path = run / name
+def _read_log(run: Path) -> dict[str, list[float]]:
+    path = run / "log.csv"
     cols: dict[str, list[float]] = {}
     if not path.exists():
         return cols
@@ -215,11 +215,14 @@ def _read_log(run: Path, name: str = "log.csv") -> dict[str, list[float]]:
 
 
 def _read_val_curve(run: Path) -> list[dict[str, float]]:
-    """The student's validation curve (val.csv of `train --val-cache`): iteration, mIoU, pixel accuracy."""
-    cols = _read_log(run, "val.csv")
-    return [{"iter": int(i), "miou": m, "pixel_accuracy": a}
-            for i, m, a in zip(cols.get("iter", []), cols.get("miou", []), cols.get("pixel_accuracy", []),
-                               strict=False)]
+    """The student's validation curve (val.csv of `train --val-cache`, one row per score): iteration, mIoU, pixel
+    accuracy. The trainer writes every field of these columns, so a row that lacks one is an error, not a gap."""
+    path = run / "val.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{"iter": int(float(r["iter"])), "miou": float(r["miou"]), "pixel_accuracy": float(r["pixel_accuracy"])}
+                for r in csv.DictReader(f)]
 
 
 def _teacher_info(teacher: Path | None) -> dict:

@@ -311,7 +311,7 @@ def write_report(out: Path, doc: dict) -> Path:
                   "same seed (mIoU points), with its standard error.", "",
                   "| option | mIoU | difference | SE | outcome |", "|---|---|---|---|---|"]
         lines += [f"| {o['option']} | {fmt(o['A_val_miou'])} | {fmt(o['difference'])} | {fmt_se(o)} | "
-                  f"{_OPTION_WORDS.get(o['outcome'], o['verdict']) if o['difference']['n'] else 'not measured'} |"
+                  f"{_OPTION_WORDS.get(o['outcome'], o['verdict'])} |"
                   for o in t["options"]]
     if t.get("claims"):
         lines += ["", "## Do the paper's claims hold here?", "",

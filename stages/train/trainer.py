@@ -368,10 +368,7 @@ class Trainer:
         reader = open_cache(val_cache)
         if not reader.complete_scenes():
             raise TrainError(f"--val-cache {reader.url}: no complete scene to score")
-        space = LabelSpace.from_json(reader.manifest.dataset.label_space)
-        if space.ids != self.label_space.ids:
-            raise TrainError(f"--val-cache {reader.url} uses label space {space.name}, the training cache "
-                             f"{self.label_space.name}: their scores would not compare")
+        # the parameters' fingerprint covers the label space, teacher, projection and encoding
         problems = provenance_problems(CacheProvenance.of(self.reader), reader, scope="params")
         if problems:
             raise TrainError(f"--val-cache {reader.url} was made differently from the training cache:\n  "
