@@ -35,6 +35,9 @@ class WorldRecipe:
 class TeacherRecipe:
     architecture: str = "Res16UNet14S"  # ours, CPU-sized; the paper's is Res16UNet34C at 2 cm
     voxel_size: float = 0.08
+    # each voxel's RGB and the mean position of its points inside it: at 8 cm the sub-voxel geometry (a door 5 cm,
+    # a picture 2 cm proud of its wall) is otherwise lost; +10 points on the tuning world (50.6 -> 60.8 % 3D mIoU)
+    input_features: str = "color+offset"
     steps: int = 1400
     crops_per_step: int = 2
     max_points: int = 30000
@@ -48,7 +51,8 @@ class TeacherRecipe:
     eval_every: int = 350  # the learning curve: 4 points
 
     def args(self) -> list[str]:
-        return ["--architecture", self.architecture, "--voxel-size", str(self.voxel_size), "--steps",
+        return ["--architecture", self.architecture, "--voxel-size", str(self.voxel_size),
+                "--input-features", self.input_features, "--steps",
                 str(self.steps), "--crops-per-step", str(self.crops_per_step), "--max-points", str(self.max_points),
                 "--processes", str(self.processes), "--optimizer", self.optimizer, "--lr", str(self.lr), "--warmup",
                 str(self.warmup), "--class-weights", self.class_weights,

@@ -85,6 +85,9 @@ def _load(dataset: str, root: Path, scenes: list[str] | None, split_file: Path |
 @click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Steps between validation scores: the learning curve in the sidecar (0: at the end only).")
 @click.option("--architecture", default="Res16UNet34C", show_default=True, help="Res16UNet variant.")
+@click.option("--input-features", type=click.Choice(["color", "color+offset"]), default="color", show_default=True,
+              help="Each voxel's input: its RGB (MinkowskiNet's), or RGB and the mean position of its points "
+              "inside the voxel (sub-voxel geometry for coarse voxels).")
 @click.option("--voxel-size", type=float, default=0.02, show_default=True, help="Voxel edge in metres.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "minkowski", "spconv"]), default="auto",
               show_default=True, help="Sparse-convolution backend ('auto': spconv on one deterministic thread "
@@ -99,7 +102,7 @@ def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file:
             extra_roots: tuple[Path, ...], val_scenes: str | None, val_split_file: Path | None, steps: int,
             epochs: float, crops_per_step: int, max_points: int, optimizer: str, lr: float, weight_decay: float,
             warmup: int, geometric_augment: bool, color_augment: bool, class_weights: str, voxel_targets: str,
-            eval_every: int, architecture: str,
+            eval_every: int, architecture: str, input_features: str,
             voxel_size: float, backend: str, device: str, seed: int, processes: int, quiet: bool) -> None:
     """Train the 3D teacher on ROOT's labelled scans (and any --extra-root) and save it in MinkowskiEngine's
     state_dict layout.
@@ -132,7 +135,8 @@ def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file:
         raise click.UsageError(f"--crops-per-step {crops_per_step} is not divisible by --processes {processes}")
     job = TeacherJob(dataset=dataset, root=root, out=out, scenes=_names(scenes), split_file=split_file,
                      extra_roots=extra_roots, val_names=_names(val_scenes) or _read_split(val_split_file),
-                     architecture=architecture, voxel_size=voxel_size, backend=backend, device=device,
+                     architecture=architecture, voxel_size=voxel_size, input_features=input_features,
+                     backend=backend, device=device,
                      recipe=recipe, progress=not quiet)
     report = run_processes(job, processes) if processes > 1 else job.run()
     val = report["val"]
@@ -158,6 +162,7 @@ class TeacherJob:
     val_names: list[str] | None
     architecture: str
     voxel_size: float
+    input_features: str
     backend: str
     device: str
     recipe: object  # TeacherTrainConfig (imported lazily)
@@ -186,7 +191,8 @@ class TeacherJob:
             overlap = {r.name for r in val_records} & {r.name for r in train_records[:n_own]}
             if overlap:
                 raise click.UsageError(f"scenes both trained on and held out: {', '.join(sorted(overlap))}")
-        cfg = TeacherConfig(architecture=self.architecture, voxel_size=self.voxel_size, backend=self.backend,
+        cfg = TeacherConfig(architecture=self.architecture, voxel_size=self.voxel_size,
+                            input_features=self.input_features, backend=self.backend,
                             device=self.device)
         return train_teacher(train_records, val_records, LABEL_SPACES[space], cfg, self.recipe, out=self.out,
                              progress=progress, extra_scenes=len(train_records) - n_own)

@@ -54,7 +54,8 @@ def test_random_init_is_deterministic_and_features_are_alive():
     assert not np.allclose(fa, fc)
     assert np.isfinite(fa).all() and fa.std() > 1e-3 and (fa > 0).mean() > 0.05
     assert a.info == {"architecture": "Res16UNet34C", "backend": "torch", "checkpoint_sha256": "random:5",
-                      "voxel_size": 0.02, "feature_layer": "block8", "channels": 96}
+                      "voxel_size": 0.02, "feature_layer": "block8", "channels": 96,
+                      "input_features": "color"}
 
 
 def test_points_in_one_voxel_share_a_feature_and_layers_are_selectable():

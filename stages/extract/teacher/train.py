@@ -6,6 +6,8 @@ of them, so BatchNorm sees them as one batch). The loss is the cross-entropy ove
 its voxel's logits: exactly what the per-point 3D mIoU measures, so a voxel whose points disagree (a picture on a
 wall, a chair leg on the floor: 22 % of the synthetic world's points at 5 cm) learns its majority, instead of a
 coin toss (its first point's label) or nothing (ignored).
+Each voxel's input is ``TeacherConfig.input_features``: its RGB, or RGB and the mean sub-voxel position of its
+points (teacher.voxel_inputs), computed after augmentation exactly as extraction computes it.
 The learning rate warms up linearly, then decays with the poly policy; SGD (momentum 0.9, SpatioTemporal-
 Segmentation's recipe), Adam or AdamW. Every ``eval_every`` steps the held-out scenes are scored, which gives
 the learning curve (validation 3D mIoU against training seconds) in the sidecar.
@@ -35,7 +37,7 @@ from .backends import get_ops, resolve_backend
 from .checkpoint import checkpoint_sha256, save_teacher_checkpoint, sidecar_path
 from .network import Res16UNet
 from .sparse import SparseOps
-from .teacher import MAX_STRIDE, TeacherConfig, check_points, prepare_colors
+from .teacher import MAX_STRIDE, TeacherConfig, check_points, voxel_inputs
 from .voxelize import Voxelization, rows_for_points, voxelize
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -182,9 +184,10 @@ def class_weights(train_ids: Sequence[np.ndarray], num_classes: int, kind: str) 
     return sqrt_inverse_weights(counts)
 
 
-def _voxel_batch(points: np.ndarray, colors: np.ndarray, voxel_size: float, device: torch.device, dtype):
-    vox = voxelize(points, voxel_size, align=MAX_STRIDE)
-    feats = torch.as_tensor(prepare_colors(colors[vox.representative]), dtype=dtype, device=device)
+def _voxel_batch(points: np.ndarray, colors: np.ndarray, cfg: TeacherConfig, device: torch.device, dtype):
+    vox = voxelize(points, cfg.voxel_size, align=MAX_STRIDE)
+    feats = torch.as_tensor(voxel_inputs(points, colors, vox, cfg.voxel_size, cfg.input_features), dtype=dtype,
+                            device=device)
     return vox, torch.as_tensor(vox.coords, device=device), feats
 
 
@@ -204,7 +207,7 @@ def miou_from_confusion(conf: np.ndarray) -> tuple[float, list[float | None]]:
 
 @torch.no_grad()
 def evaluate_scenes(net: Res16UNet, ops: SparseOps, scenes: Sequence[SceneRecord], label_space: LabelSpace,
-                    voxel_size: float, device: torch.device) -> dict:
+                    cfg: TeacherConfig, device: torch.device) -> dict:
     """Per-point 3D mIoU (each point takes its voxel's prediction)."""
     net.eval()
     n = label_space.num_classes
@@ -214,7 +217,7 @@ def evaluate_scenes(net: Res16UNet, ops: SparseOps, scenes: Sequence[SceneRecord
         check_points(sc.points, sc.colors, where=f"scene {sc.name}")
         if len(sc.points) == 0:
             continue
-        vox, coords, feats = _voxel_batch(sc.points, sc.colors, voxel_size, device, dtype)
+        vox, coords, feats = _voxel_batch(sc.points, sc.colors, cfg, device, dtype)
         out = net(ops, ops.from_voxels(coords, feats), layer="final")
         rows = rows_for_points(vox.point_coords, 1, ops.coordinates(out).cpu().numpy())
         pred = ops.features(out).argmax(dim=1).cpu().numpy()[rows]
@@ -358,7 +361,7 @@ def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecor
             t0 = time.perf_counter()
             net.train()
             pts, cols, ids = sampler.step(cfg.voxel_size)
-            vox, coords, feats = _voxel_batch(pts, cols, cfg.voxel_size, device, torch.float32)
+            vox, coords, feats = _voxel_batch(pts, cols, cfg, device, torch.float32)
             out_t = net(ops, ops.from_voxels(coords, feats), layer="final")
             # backends may reorder rows: targets reach their rows through the output coordinates
             rows = rows_for_points(vox.coords, 1, ops.coordinates(out_t).cpu().numpy())
@@ -385,7 +388,7 @@ def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecor
             bar.set_postfix(loss=f"{losses[-1]:.3f}" if losses else "-")
             last = step + 1 == total
             if val_scenes and ((recipe.eval_every and (step + 1) % recipe.eval_every == 0) or last):
-                val = evaluate_scenes(net, ops, val_scenes, label_space, cfg.voxel_size, device)
+                val = evaluate_scenes(net, ops, val_scenes, label_space, cfg, device)
                 window = losses[-(recipe.eval_every or total):]
                 curve.append({"step": step + 1, "seconds": round(train_seconds, 2),
                               "loss": float(np.mean(window)) if window else None,
