@@ -111,7 +111,8 @@ def test_train_teacher_cli_takes_the_input_features(tmp_path):
     assert r.exit_code == 0, r.output
     ck = tmp_path / "t.pth"
     r = CliRunner().invoke(main, ["train-teacher", "--dataset", "scannet", "--root", str(root), "--out", str(ck),
-                                  "--split-file", str(root / "scannetv2_train.txt"), "--architecture", "Res16UNet14S", "--voxel-size", "0.1", "--steps", "2",
+                                  "--split-file", str(root / "scannetv2_train.txt"),
+                                  "--architecture", "Res16UNet14S", "--voxel-size", "0.1", "--steps", "2",
                                   "--max-points", "2000", "--backend", "torch", "--input-features", "color+offset",
                                   "--quiet"])
     assert r.exit_code == 0, r.output
