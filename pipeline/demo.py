@@ -243,11 +243,11 @@ def results_json(cfg: DemoConfig | None, teacher_info: dict, results: dict[str, 
                           "seconds": seconds.get(mode), "class_prior_miou": class_prior_miou(r),
                           "iou": {n: c["iou"] for n, c in r["classes"].items()},
                           "val_curve": (curves or {}).get(mode, [])}
+    tcfg = teacher_info.get("config") or {}
     out = {"teacher": {"miou": val.get("miou"), "seconds": teacher_info.get("seconds"),
                        "wall_seconds": teacher_info.get("wall_seconds"),
-                       "architecture": (teacher_info.get("config") or {}).get("architecture"),
-                       "voxel_size": (teacher_info.get("config") or {}).get("voxel_size"),
-                       "input_features": (teacher_info.get("config") or {}).get("input_features", "color"),
+                       "architecture": tcfg.get("architecture"), "voxel_size": tcfg.get("voxel_size"),
+                       "input_features": tcfg.get("input_features", "color"),
                        "train_scenes": len(teacher_info.get("train_scenes") or []),
                        "extra_scenes": teacher_info.get("extra_scenes"),
                        "val_scenes": len(teacher_info.get("val_scenes") or []),
@@ -354,7 +354,7 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
     if cfg is not None:
         st = cfg.recipe.student
         lines += [f"CPU recipe (`pipeline/recipe.py`, seed {cfg.seed}): teacher {arch} at "
-                  f"{100 * (t['voxel_size'] or 0):.0f} cm (input: {t.get('input_features') or 'color'}), "
+                  f"{100 * (t['voxel_size'] or 0):.0f} cm (input: {t['input_features']}), "
                   f"{cfg.recipe.teacher.steps} steps on {t['train_scenes']} "
                   f"rooms ({t['extra_scenes']} of them 3D-only); students PSPNet-{st.depth} at width {st.width} "
                   f"(the paper's architecture, narrower), {st.iters} iterations of batch {st.batch_size}, "
