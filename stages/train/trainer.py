@@ -270,6 +270,8 @@ class Trainer:
         self._seed()
         self.student_config = self._student_config()
         self.student = Student(self.student_config).to(self.device)
+        if cfg.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
         self._set_target_stats()
         self.loader = self._make_loader(self.reader)
         self.feature_loader = self._make_loader(self.feature_reader) if self.feature_reader is not None else None
@@ -524,6 +526,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _forward(self, image: torch.Tensor) -> StudentOutput:
+        if self.cfg.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             out = self.model(image)
         if self.amp_dtype is not None:  # losses in float32: squared feature errors overflow/underflow in 16 bits
@@ -666,15 +670,20 @@ class Trainer:
         ecfg = EvalConfig(scales=tuple(self.cfg.log.val_scales), workers=self.cfg.data.workers)  # evaluate's batches
         was_training = self.student.training
         self.student.eval()
+        # as `evaluate` runs a checkpoint: in float32 and NCHW, so the curve's last point is `evaluate`'s figure
+        # (bf16 or NHWC arithmetic rounds differently and flips a few argmaxes)
+        if self.cfg.channels_last:
+            self.student.to(memory_format=torch.contiguous_format)
         try:
-            with self._autocast():
-                scores, frames = score_frames(lambda x: self.student(x).logits.float(), self.val_reader,
-                                              self.label_space, ecfg.inference(self.cfg.data.crop),
-                                              resolve_compare_size(ecfg.compare_size, self.label_space),
-                                              device=self.device, batch_size=ecfg.batch_size, workers=ecfg.workers,
-                                              progress=False)
+            scores, frames = score_frames(lambda x: self.student(x).logits.float(), self.val_reader,
+                                          self.label_space, ecfg.inference(self.cfg.data.crop),
+                                          resolve_compare_size(ecfg.compare_size, self.label_space),
+                                          device=self.device, batch_size=ecfg.batch_size, workers=ecfg.workers,
+                                          progress=False)
         finally:
             self.student.train(was_training)
+            if self.cfg.channels_last:
+                self.student.to(memory_format=torch.channels_last)
         row = {"iter": float(self.iteration), "miou": scores.miou, "macc": scores.macc,
                "pixel_accuracy": scores.pixel_accuracy, "frames": float(frames),
                "seconds": time.perf_counter() - t0}

@@ -169,3 +169,26 @@ def test_sqrt_inverse_class_weights_come_from_the_caches_label_maps(cache, tmp_p
     assert Trainer(tiny(), cache, tmp_path / "run2").class_weight is None
     with pytest.raises(ValueError, match="class_weights"):
         tiny(**{"loss.class_weights": "inverse"}).validate()
+
+
+def test_channels_last_trains_the_same_network(cache, tmp_path):
+    # NHWC is a memory layout, not a different model: in fp32 the losses match the default layout's, the weights
+    # move the same way (up to float rounding, amplified by the optimizer), the student's 4-D weights really are
+    # channels-last, and the checkpoint loads into a plain (NCHW) student
+    plain = train(tiny(mode="paired", seed=5), cache, tmp_path / "plain")
+    nhwc_trainer = Trainer(tiny(mode="paired", seed=5, channels_last=True), cache, tmp_path / "nhwc")
+    weights4d = [p for p in nhwc_trainer.student.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert weights4d and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights4d)
+    init = {k: v.detach().clone().contiguous() for k, v in nhwc_trainer.student.state_dict().items()}
+    nhwc = nhwc_trainer.run()
+    for k in ("seg", "paired"):
+        assert nhwc.last[k] == pytest.approx(plain.last[k], rel=1e-4, abs=1e-5), k
+    a = load_checkpoint(tmp_path / "plain" / "last.pt").model
+    b = load_checkpoint(tmp_path / "nhwc" / "last.pt").model
+    assert a.keys() == b.keys() == init.keys()
+    moved = [k for k in a if a[k].is_floating_point() and a[k].dim() == 4]
+    update = torch.cat([(a[k] - init[k]).flatten() for k in moved])
+    gap = torch.cat([(b[k].contiguous() - a[k]).flatten() for k in moved])
+    assert update.norm() > 0 and gap.norm() < 0.05 * update.norm(), (float(gap.norm()), float(update.norm()))
+    fresh = Trainer(tiny(mode="paired", seed=6), cache, tmp_path / "fresh")
+    fresh.student.load_state_dict(b)  # an NHWC run's checkpoint is an ordinary state_dict
