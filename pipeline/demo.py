@@ -357,8 +357,10 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
                   f"{100 * (t['voxel_size'] or 0):.0f} cm (input: {t['input_features']}), "
                   f"{cfg.recipe.teacher.steps} steps on {t['train_scenes']} "
                   f"rooms ({t['extra_scenes']} of them 3D-only); students PSPNet-{st.depth} at width {st.width} "
-                  f"(the paper's architecture, narrower), {st.iters} iterations of batch {st.batch_size}, "
-                  f"AdamW from scratch. The paper's sizes (Res16UNet34C at 2 cm, PSPNet-50 from ImageNet) stay the "
+                  f"(the paper's architecture, narrower), {st.iters} iterations of batch {st.batch_size}"
+                  f"{' in ' + st.amp + ' autocast' if st.amp in ('bf16', 'fp16') else ''}, "
+                  f"AdamW from scratch (world: {cfg.recipe.world.scenes} rooms × {cfg.recipe.world.frames} frames). "
+                  f"The paper's sizes (Res16UNet34C at 2 cm, PSPNet-50 from ImageNet) stay the "
                   "defaults of `train-teacher` and `train` for real data.", ""]
     lines += ["## The 3D teacher", "",
               f"**{pct(t['miou'])} % 3D mIoU** on the {t['val_scenes']} validation rooms after "
