@@ -241,7 +241,7 @@ setting that was tried and what it gave). In short, all measured on a separate t
    alike: new rooms teach the student more than new views of the same rooms.
 3. **Narrow students that learn.** PSPNet-18 at width 0.25 (the paper's architecture: dilated ResNet, pyramid
    pooling, DN1/DN2, Conv3), from scratch with AdamW 3e-3, 600 iterations of batch 16 on frames scaled 0.3-0.45
-   in bf16 autocast with channels-last tensors (1.4× the frames per second of float32 on these CPUs), sqrt-inverse
+   in bf16 autocast with channels-last tensors (1.2–1.7× the frames per second of float32 on these CPUs), sqrt-inverse
    class weights: ~3 min per student. On 120 training rooms, batch 16 × 1,100 iterations gave 38.5 % where
    batch 8 × 1,000 gave 27.2.
 4. **Earlier presets** (2026-11-24: 240 iterations of a full-width PSPNet-18 behind a 17 % teacher) left every
