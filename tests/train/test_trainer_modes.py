@@ -13,6 +13,7 @@ import torch
 from stages.train.batch import Batch
 from stages.train.checkpoint import load_checkpoint
 from stages.train.config import CONFIG_DIR, TrainConfig, apply_overrides, load_config
+from stages.train.model.student import Student
 from stages.train.trainer import LOG_COLUMNS, Trainer, TrainError, train
 
 
@@ -190,5 +191,4 @@ def test_channels_last_trains_the_same_network(cache, tmp_path):
     update = torch.cat([(a[k] - init[k]).flatten() for k in moved])
     gap = torch.cat([(b[k].contiguous() - a[k]).flatten() for k in moved])
     assert update.norm() > 0 and gap.norm() < 0.05 * update.norm(), (float(gap.norm()), float(update.norm()))
-    fresh = Trainer(tiny(mode="paired", seed=6), cache, tmp_path / "fresh")
-    fresh.student.load_state_dict(b)  # an NHWC run's checkpoint is an ordinary state_dict
+    Student(nhwc_trainer.student_config).load_state_dict(b)  # an NHWC run's checkpoint is an ordinary state_dict
