@@ -230,17 +230,17 @@ setting that was tried and what it gave). In short, all measured on a separate t
 
 1. **The teacher learns from many rooms.** World A's training rooms (120; 48 before 2026-12-02) plus 200 rooms
    without frames (`synth --frames 0`, `train-teacher --extra-root`): the paper's premise of a large 3D
-   repository. Res16UNet14S (ours: narrow, 48 feature channels) at 8 cm, 1,400 steps in 2 data-parallel
+   repository. Res16UNet14S (ours: narrow, 48 feature channels) at 8 cm, 1,200 steps in 2 data-parallel
    processes, AdamW with warm-up and poly decay, sqrt-inverse class weights: 50.6 % 3D mIoU on the larger tuning
    world's 12 held-out rooms in 5.9 min (the old preset's teacher: 16 %); each voxel's input also holding the mean
    position of its points inside it (`--input-features color+offset`, since 2026-12-02): 60.8 % in 5.6 min; 61.6 %
-   on a tuning world of 150 rooms (30 held out).
+   on a tuning world of 150 rooms (30 held out; 60.1 % at the recipe's 1,200 steps).
 2. **The students see many rooms.** 150 rooms × 4 frames (120 training rooms; until 2026-12-02 60 × 10): the
    same training on the same number of frames (480) gave the baseline 38.5 % mIoU on the tuning world's held-out
    rooms with 120 training rooms × 4 frames, against 25.6 % with 48 rooms × 10 frames. The frames of one room are
    alike: new rooms teach the student more than new views of the same rooms.
 3. **Narrow students that learn.** PSPNet-18 at width 0.25 (the paper's architecture: dilated ResNet, pyramid
-   pooling, DN1/DN2, Conv3), from scratch with AdamW 3e-3, 600 iterations of batch 16 on frames scaled 0.3-0.45
+   pooling, DN1/DN2, Conv3), from scratch with AdamW 3e-3, 560 iterations of batch 16 on frames scaled 0.3-0.45
    in bf16 autocast with channels-last tensors (1.2–1.7× the frames per second of float32 on these CPUs), sqrt-inverse
    class weights: ~3 min per student. On 120 training rooms, batch 16 × 1,100 iterations gave 38.5 % where
    batch 8 × 1,000 gave 27.2.

@@ -47,9 +47,12 @@ def _layouts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
                    "(SensReader color/depth/pose folders + label-filt), 25k (scannet_frames_25k).")
 @click.option("--vertex-spacing", type=click.FloatRange(0.005, 1.0), default=0.04, show_default=True,
               help="Mesh vertex spacing in metres (ScanNet meshes: 50k-300k vertices per room).")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="ScanNet only: rooms built and written in this many processes (one per core). The world is "
+                   "byte-identical whatever the number.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(kind: str, out: Path, scenes: int, frames: int, seed: int, size: tuple[int, int] | None, style: str,
-            layouts: tuple[str, ...], vertex_spacing: float, quiet: bool) -> None:
+            layouts: tuple[str, ...], vertex_spacing: float, processes: int, quiet: bool) -> None:
     """Generate a synthetic indoor world and write it as KIND's on-disk dataset format under OUT.
 
     Rooms (bedrooms, living rooms, offices, kitchens, bathrooms) are built from boxes and cylinders with
@@ -63,12 +66,14 @@ def command(kind: str, out: Path, scenes: int, frames: int, seed: int, size: tup
       distill-cache synth s3dis data/s3dis --scenes 6 --frames 10 --size 256x256
       distill-cache synth nyu data/nyu --scenes 10 --frames 8 --size 160x120 --style b
       distill-cache synth scannet data/rooms3d --scenes 200 --frames 0 --seed 1000   # a 3D repository
+      distill-cache synth scannet data/scannet --scenes 150 --frames 4 --processes 2  # both cores
     """
     from stages.extract.synthetic.world import generate_world
 
     try:
         summary = generate_world(kind, out, scenes=scenes, frames=frames, seed=seed, size=size, style=style,
-                                 layouts=layouts, vertex_spacing=vertex_spacing, progress=not quiet)
+                                 layouts=layouts, vertex_spacing=vertex_spacing, progress=not quiet,
+                                 processes=processes)
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"wrote {summary.describe()}")

@@ -306,3 +306,27 @@ def test_synth_scannet_reads_back(tmp_path):
 def test_synth_rejects_bad_size(tmp_path):
     r = CliRunner().invoke(main, ["synth", "nyu", str(tmp_path), "--size", "64by48"])
     assert r.exit_code != 0 and "size" in r.output
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synth_scannet_in_processes_is_byte_identical(tmp_path):
+    """Rooms written by two worker processes: the same files, byte for byte, as one process writes (zip entries
+    carry a fixed time, so two runs never differ by the clock either)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--scenes", "3", "--frames", "2", "--seed", "4", "--size", "64x48", "--vertex-spacing", "0.1", "--quiet"]
+    for root, extra in ((one, []), (two, ["--processes", "2"])):
+        r = CliRunner().invoke(main, ["synth", "scannet", str(root), *args, *extra])
+        assert r.exit_code == 0, r.output
+    a, b = _tree(one), _tree(two)
+    assert any(k.endswith("_2d-label-filt.zip") for k in a) and len(a) > 6
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_synth_processes_refused_where_files_are_shared(tmp_path):
+    r = CliRunner().invoke(main, ["synth", "nyu", str(tmp_path), "--scenes", "2", "--frames", "1", "--size", "64x48",
+                                  "--processes", "2", "--quiet"])
+    assert r.exit_code != 0 and "scannet only" in r.output

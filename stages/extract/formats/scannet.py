@@ -458,7 +458,9 @@ class _LabelZipSink:
     def add(self, index: int, fr: FrameRecord) -> None:
         if fr.labels is not None:
             png = _encode(".png", self.to_raw[fr.labels], f"frame {index}")
-            self.zf.writestr(f"label-filt/{index}.png", png)
+            # a fixed entry time: the same world written twice is byte-identical
+            info = zipfile.ZipInfo(f"label-filt/{index}.png", date_time=(1980, 1, 1, 0, 0, 0))
+            self.zf.writestr(info, png)
 
     def close(self) -> None:
         self.zf.close()

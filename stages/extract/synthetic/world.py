@@ -177,10 +177,17 @@ def _split(names: list[str], val_fraction: float = 0.2) -> tuple[list[str], list
 
 def generate_world(kind: str, out: str | Path, *, scenes: int, frames: int, seed: int,
                    size: tuple[int, int] | None = None, style: str = "a", layouts: Sequence[str] = ("sens",),
-                   vertex_spacing: float = 0.04, progress: bool = True) -> WorldSummary:
-    """Generate `scenes` rooms with `frames` frames each and write them in the `kind` dataset's format at `out`."""
+                   vertex_spacing: float = 0.04, progress: bool = True, processes: int = 1) -> WorldSummary:
+    """Generate `scenes` rooms with `frames` frames each and write them in the `kind` dataset's format at `out`.
+
+    `processes` > 1 (ScanNet only) builds and writes rooms in that many worker processes. Every room depends on
+    (seed, index, style) alone and has its own files, so the world is byte-identical to a one-process run."""
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose one of {KINDS}")
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if processes > 1 and kind != "scannet":
+        raise ValueError(f"processes > 1 is written for scannet only ({kind} writes shared files room after room)")
     if scenes < 1 or frames < 0:
         raise ValueError(f"need at least one scene and no negative frame count, got scenes={scenes} frames={frames}")
     if frames == 0 and kind != "scannet":
@@ -195,8 +202,9 @@ def generate_world(kind: str, out: str | Path, *, scenes: int, frames: int, seed
                disable=not progress, leave=False)
     try:
         writer = {"scannet": _write_scannet, "s3dis": _write_s3dis, "nyu": _write_nyu}[kind]
+        extra = {"processes": processes} if kind == "scannet" else {}
         writer(root, summary, bar, scenes=scenes, frames=frames, seed=seed, style=st, camera=camera,
-               layouts=tuple(layouts), vertex_spacing=vertex_spacing)
+               layouts=tuple(layouts), vertex_spacing=vertex_spacing, **extra)
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start
@@ -210,34 +218,77 @@ def _count(summary: WorldSummary, labels: np.ndarray) -> None:
 
 
 def _render_all(scene: SyntheticScene, camera: CameraSetup, summary: WorldSummary,
-                bar: tqdm) -> tuple[list[FrameRecord], list[np.ndarray]]:
+                bar: tqdm | None) -> tuple[list[FrameRecord], list[np.ndarray]]:
     frames, instances = [], []
     for i in range(len(scene.poses)):
         fr, inst = scene.render_frame(i, camera)
         frames.append(fr)
         instances.append(inst)
         _count(summary, fr.labels)
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
     summary.frames += len(frames)
     return frames, instances
 
 
+@dataclass
+class _ScanNetRoom:
+    """What writing one ScanNet room reports back (from a worker process, so plain data)."""
+
+    name: str
+    vertices: int
+    frames: int
+    histogram: dict[int, int]
+
+
+def _write_scannet_room(root: Path, index: int, *, frames: int, seed: int, style: Style, camera: CameraSetup,
+                        layouts: tuple[str, ...], vertex_spacing: float, table_rows: list) -> _ScanNetRoom:
+    from ..formats import scannet
+
+    scene = make_scene(seed, index, frames=max(frames, 1), style=style)
+    mesh = scene.mesh(vertex_spacing)
+    part = WorldSummary(kind="scannet", root=root, scenes=[], frames=0, vertices=0)
+    recs = _render_all(scene, camera, part, None)[0] if frames else []
+    scannet.write_scannet_scan(root, scene.name, mesh, recs, table_rows=table_rows, layouts=layouts if frames else ())
+    return _ScanNetRoom(scene.name, len(mesh.vertices), part.frames, part.pixel_histogram)
+
+
+def _scannet_room_job(args: tuple) -> _ScanNetRoom:
+    root, index, kw = args
+    return _write_scannet_room(root, index, **kw)
+
+
 def _write_scannet(root: Path, summary: WorldSummary, bar: tqdm, *, scenes: int, frames: int, seed: int,
-                   style: Style, camera: CameraSetup, layouts: tuple[str, ...], vertex_spacing: float) -> None:
+                   style: Style, camera: CameraSetup, layouts: tuple[str, ...], vertex_spacing: float,
+                   processes: int = 1) -> None:
     from ..formats import scannet
     from ..formats.scannet_labels import LABEL_TABLE_NAME
 
     rows = scannet.synthetic_label_table()
     scannet.write_label_table(root / LABEL_TABLE_NAME, rows)
-    for index in range(scenes):
-        scene = make_scene(seed, index, frames=max(frames, 1), style=style)
-        mesh = scene.mesh(vertex_spacing)
-        recs = _render_all(scene, camera, summary, bar)[0] if frames else []
-        scannet.write_scannet_scan(root, scene.name, mesh, recs, table_rows=rows, layouts=layouts if frames else ())
-        summary.scenes.append(scene.name)
-        summary.vertices += len(mesh.vertices)
-        if not frames:
-            bar.update(1)
+    kw = dict(frames=frames, seed=seed, style=style, camera=camera, layouts=layouts, vertex_spacing=vertex_spacing,
+              table_rows=rows)
+    jobs = [(root, index, kw) for index in range(scenes)]
+    if processes > 1:
+        import multiprocessing as mp
+
+        # spawn: the workers import numpy and this package only, whatever the caller has loaded (torch, threads)
+        pool = mp.get_context("spawn").Pool(min(processes, scenes))
+        rooms: Iterator[_ScanNetRoom] = pool.imap(_scannet_room_job, jobs)  # in index order
+    else:
+        pool, rooms = None, map(_scannet_room_job, jobs)
+    try:
+        for room in rooms:
+            summary.scenes.append(room.name)
+            summary.vertices += room.vertices
+            summary.frames += room.frames
+            for k, v in room.histogram.items():
+                summary.pixel_histogram[k] = summary.pixel_histogram.get(k, 0) + v
+            bar.update(max(room.frames, 1))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     # a 3D-only world is a repository of training scans for a teacher: every scene is a training scene
     train, val = _split(summary.scenes) if frames else (summary.scenes, [])
     (root / "scannetv2_train.txt").write_text("".join(f"{n}\n" for n in train))
