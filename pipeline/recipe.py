@@ -21,7 +21,7 @@ class WorldRecipe:
     size: str = "320x240"
     vertex_spacing: float = 0.04
     teacher_rooms: int = 200  # extra 3D-only rooms (`synth --frames 0`) the teacher also learns from
-    processes: int = 2  # rooms with frames are rendered on both cores (the 3D-only rooms take one meanwhile)
+    processes: int = 2  # rooms with frames are rendered on both cores (`synth --processes`)
 
     def synth_args(self, root: str, seed: int, style: str = "a") -> list[str]:
         return ["synth", "scannet", root, "--scenes", str(self.scenes), "--frames", str(self.frames), "--seed",

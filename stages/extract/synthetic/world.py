@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -253,11 +254,6 @@ def _write_scannet_room(root: Path, index: int, *, frames: int, seed: int, style
     return _ScanNetRoom(scene.name, len(mesh.vertices), part.frames, part.pixel_histogram)
 
 
-def _scannet_room_job(args: tuple) -> _ScanNetRoom:
-    root, index, kw = args
-    return _write_scannet_room(root, index, **kw)
-
-
 def _write_scannet(root: Path, summary: WorldSummary, bar: tqdm, *, scenes: int, frames: int, seed: int,
                    style: Style, camera: CameraSetup, layouts: tuple[str, ...], vertex_spacing: float,
                    processes: int = 1) -> None:
@@ -266,25 +262,24 @@ def _write_scannet(root: Path, summary: WorldSummary, bar: tqdm, *, scenes: int,
 
     rows = scannet.synthetic_label_table()
     scannet.write_label_table(root / LABEL_TABLE_NAME, rows)
-    kw = dict(frames=frames, seed=seed, style=style, camera=camera, layouts=layouts, vertex_spacing=vertex_spacing,
-              table_rows=rows)
-    jobs = [(root, index, kw) for index in range(scenes)]
+    room = partial(_write_scannet_room, root, frames=frames, seed=seed, style=style, camera=camera, layouts=layouts,
+                   vertex_spacing=vertex_spacing, table_rows=rows)
     if processes > 1:
         import multiprocessing as mp
 
         # spawn: the workers import numpy and this package only, whatever the caller has loaded (torch, threads)
         pool = mp.get_context("spawn").Pool(min(processes, scenes))
-        rooms: Iterator[_ScanNetRoom] = pool.imap(_scannet_room_job, jobs)  # in index order
+        rooms: Iterator[_ScanNetRoom] = pool.imap(room, range(scenes))  # in index order
     else:
-        pool, rooms = None, map(_scannet_room_job, jobs)
+        pool, rooms = None, map(room, range(scenes))
     try:
-        for room in rooms:
-            summary.scenes.append(room.name)
-            summary.vertices += room.vertices
-            summary.frames += room.frames
-            for k, v in room.histogram.items():
+        for r in rooms:
+            summary.scenes.append(r.name)
+            summary.vertices += r.vertices
+            summary.frames += r.frames
+            for k, v in r.histogram.items():
                 summary.pixel_histogram[k] = summary.pixel_histogram.get(k, 0) + v
-            bar.update(max(room.frames, 1))
+            bar.update(max(r.frames, 1))
     finally:
         if pool is not None:
             pool.terminate()
