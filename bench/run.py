@@ -81,6 +81,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               cuda=("--batch", "16", "--size", "473", "--amp", "bf16", "--warmup", "3", "--repeats", "10"),
               smoke=("--depth", "18", "--batch", "2", "--size", "65", "--amp", "bf16", "--warmup", "0",
                      "--repeats", "1")),
+    # the CPU recipe's student step, tuned (matrix upsampling, row cross-entropy, allocator) vs PyTorch's plain ops
+    Benchmark("student_step", "bench.bench_student_step", "13", ("--repeats", "10"), ("--repeats", "20"),
+              smoke=("--batch", "2", "--size", "33", "--warmup", "0", "--repeats", "1", "--rounds", "1")),
     # on CUDA: a ScanNet-sized room (vertex spacing 3.5 cm: ~154k points) at the paper's 2 cm
     Benchmark("teacher", "bench.bench_teacher", "6", ("--spacing", "0.05", "--repeats", "3"),
               ("--spacing", "0.05", "--repeats", "5"), cuda=("--spacing", "0.035", "--repeats", "5"),
@@ -299,6 +302,14 @@ def rows_train_step(results: list[dict]) -> list[dict]:
                 f"params {inf['params_ratio']}×, GMACs {inf['gmacs_with_branch']} vs {inf['gmacs_without_branch']}")]
 
 
+def rows_student_step(results: list[dict]) -> list[dict]:
+    r = results[0]
+    return [row("13", "CPU student step: tuned vs PyTorch's plain ops", _s(r["tuned_step_s"]),
+                f"plain {_s(r['reference_step_s'])}", r["speedup"], f"≥ {r['target']}×", bool(r["meets_target"]),
+                f"ResNet-{r['depth']} ×{r['width']}, batch {r['batch']}, {r['size']}², bf16, {r['steps']} steps each, "
+                "interleaved processes")]
+
+
 def rows_teacher(results: list[dict]) -> list[dict]:
     r = results[0]
     ref = r.get("reference_backend")
@@ -352,7 +363,8 @@ def rows_predict(results: list[dict]) -> list[dict]:
 
 ROWS: dict[str, Callable[[list[dict]], list[dict]]] = {
     "projection": rows_projection, "extraction": rows_extraction, "loader": rows_loader,
-    "train_step": rows_train_step, "teacher": rows_teacher, "remote": rows_remote, "sens": rows_sens,
+    "train_step": rows_train_step, "student_step": rows_student_step, "teacher": rows_teacher,
+    "remote": rows_remote, "sens": rows_sens,
     "predict": rows_predict,
 }
 

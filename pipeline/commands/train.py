@@ -68,10 +68,12 @@ def command(cache, out, config_file, feature_cache, val_cache, resume, force, st
     """Train the 2D student (PSPNet + the 3D-to-2D distillation branch) from CACHE only, on CPU, one GPU, or
     several processes under torchrun (e.g. `torchrun --nproc-per-node 4 -m pipeline.cli train ...`)."""
     from cache_schema import CacheError
+    from pipeline.allocator import keep_freed_memory
     from stages.train.checkpoint import CheckpointError, ProvenanceError
     from stages.train.config import ConfigError, apply_overrides, load_config
     from stages.train.trainer import TrainError, resume_config, train
 
+    keep_freed_memory()  # before torch allocates: a step's large buffers are reused, not page-faulted in again
     given = {_OPTION_KEYS[k]: (int(v) if k == "depth" else v) for k, v in options.items() if v is not None}
     if quiet:
         given["log.progress"] = False

@@ -119,8 +119,10 @@ def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file:
         --voxel-size 0.08 --steps 1400 --processes 2 --class-weights sqrt-inverse --no-geometric-augment \\
         --no-color-augment --eval-every 200 --out teacher.pth
     """
+    from pipeline.allocator import keep_freed_memory
     from stages.extract.teacher.train import Augmentation, ColorAugmentation, TeacherTrainConfig
 
+    keep_freed_memory()  # here and in the data-parallel workers it spawns
     if scenes and split_file:
         raise click.UsageError("give --scenes or --split-file, not both")
     try:

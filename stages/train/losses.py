@@ -49,10 +49,20 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, aux_logits: to
     if not bool((labels != IGNORE).any()):
         zero = logits.sum() * 0.0  # keeps the graph, avoids CE's 0/0 = NaN
         return zero if aux_logits is None else zero + aux_logits.sum() * 0.0
-    loss = F.cross_entropy(logits, labels, weight=class_weight, ignore_index=IGNORE)
+    loss = _cross_entropy(logits, labels, class_weight)
     if aux_logits is not None:
-        loss = loss + aux_weight * F.cross_entropy(aux_logits, labels, weight=class_weight, ignore_index=IGNORE)
+        loss = loss + aux_weight * _cross_entropy(aux_logits, labels, class_weight)
     return loss
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """``F.cross_entropy`` over (B,K,H,W) logits; those laid out channels-last (the training upsampling's) are read
+    as (B·H·W, K) rows, the same loss without PyTorch's strided log-softmax over the class dimension."""
+    rows = logits.permute(0, 2, 3, 1)
+    if rows.is_contiguous():
+        return F.cross_entropy(rows.reshape(-1, logits.shape[1]), labels.reshape(-1), weight=weight,
+                               ignore_index=IGNORE)
+    return F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE)
 
 
 def feature_l2_loss(f3d_sim: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -130,3 +130,15 @@ def test_predict_rows():
     assert [r["ratio"] for r in rows] == [1.6, 25.0]
     assert rows[0]["value"] == "0.4 img/s" and rows[0]["reference"] == "PyTorch 0.25 img/s"
     assert "58 windows/image against 2" in rows[1]["note"] and rows[1]["value"] == "100 s/img"
+
+
+def test_student_step_bench_runs_both_variants_and_makes_its_row():
+    """The tuned-vs-plain student step (smoke sizes: the figures mean nothing, the plumbing does)."""
+    entry = run_benchmark(bench_run.BY_NAME["student_step"], quick=False, device="cpu", timeout=300, smoke=True)
+    assert entry["status"] == "ok", entry.get("stderr_tail")
+    r = entry["results"][0]
+    assert r["bench"] == "student_step" and r["steps"] == 1
+    assert r["reference_step_s"] > 0 and r["tuned_step_s"] > 0
+    assert abs(r["speedup"] - r["reference_step_s"] / r["tuned_step_s"]) < 1e-2 * r["speedup"]
+    (row_,) = rows_for("student_step", entry)
+    assert row_["item"] == "13" and row_["status"] in ("met", "**missed**")

@@ -226,3 +226,25 @@ def test_paired_objective_weights() -> None:
     terms = paired_objective(out, batch, w)
     assert torch.allclose(terms.total, terms.seg + 0.03 * terms.paired)
     assert terms.depth is None and set(terms.scalars()) == {"total", "seg", "paired"}
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_segmentation_loss_is_the_same_for_channels_last_logits(weighted: bool) -> None:
+    """The training upsampling hands the loss channels-last logits, read as (pixels, K) rows: the same loss and
+    gradient as PyTorch's cross-entropy over NCHW logits, ignored pixels and class weights included."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, 9)
+    labels = torch.randint(0, 5, (2, 7, 9))
+    labels[0, :3] = 255
+    weight = torch.rand(5) + 0.5 if weighted else None
+    a = logits.clone().requires_grad_()
+    b = logits.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert b.permute(0, 2, 3, 1).is_contiguous()  # the rows path is taken
+    la = segmentation_loss(a, labels, a * 0.5, class_weight=weight)
+    lb = segmentation_loss(b, labels, b * 0.5, class_weight=weight)
+    expected = (F.cross_entropy(logits, labels, weight=weight, ignore_index=255)
+                + 0.4 * F.cross_entropy(logits * 0.5, labels, weight=weight, ignore_index=255))
+    assert torch.allclose(la, expected, atol=1e-6) and torch.allclose(lb, expected, atol=1e-6)
+    la.backward()
+    lb.backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-7)

@@ -6,6 +6,7 @@ import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stages.train.model.dimension_norm import DimensionNorm
 from stages.train.model.student import Student, StudentConfig
@@ -140,3 +141,44 @@ def test_parameter_groups_partition_the_model() -> None:
     assert len(backbone) + len(head) == len(list(s.parameters()))
     assert {id(p) for p in backbone}.isdisjoint({id(p) for p in head})
     assert any(p is s.branch.dn1.delta_sigma for p in head)
+
+
+@pytest.mark.parametrize("grid,size", [((13, 13), (97, 97)), ((4, 7), (25, 49)), ((5, 6), (30, 31)),
+                                       ((1, 3), (9, 17))])
+def test_training_upsampling_is_bilinear_with_aligned_corners(grid: tuple[int, int], size: tuple[int, int]) -> None:
+    """The training path's matrix-product upsampling is F.interpolate(bilinear, align_corners=True): the same
+    values and gradients, float32 out whatever the input's dtype and autocast, laid out channels-last."""
+    from stages.train.model.pspnet import upsample_bilinear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *grid, dtype=torch.float64)
+    a = x.clone().requires_grad_()
+    b = x.float().contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref = F.interpolate(a, size, mode="bilinear", align_corners=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = upsample_bilinear(b, size)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert out.permute(0, 2, 3, 1).is_contiguous()
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+    g = torch.randn_like(ref)
+    (ref * g).sum().backward()
+    (out * g.float()).sum().backward()
+    assert torch.allclose(b.grad.double(), a.grad, atol=1e-4)
+
+
+def test_training_and_evaluation_logits_agree() -> None:
+    """Training upsamples with matrix products, evaluation with F.interpolate: without dropout and with BatchNorm's
+    running statistics both modes give the same logits."""
+    torch.manual_seed(0)
+    model = Student(StudentConfig(depth=18, width=0.25, feature_channels=0))
+    model.eval()
+    x = torch.randn(2, 3, 41, 57)
+    with torch.no_grad():
+        ref = model(x).logits
+        model.train()
+        for m in model.modules():  # keep the running statistics and drop dropout: the modes differ in upsampling only
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout2d)):
+                m.eval()
+        out = model(x)
+    assert torch.allclose(out.logits, ref, atol=1e-5)
+    assert out.aux_logits is not None and out.aux_logits.shape == ref.shape

@@ -16,6 +16,12 @@ the distillation branch); ``fuse`` mixes the concatenation with a 3x3 conv+BN+Re
 classifier, so the extra features reach the logits non-linearly and in context. Without extra channels there is
 nothing to fuse: the baseline is the unchanged PSPNet. Upsampling uses ``align_corners=True`` as PSPNet does:
 with H = 8k+1 it is exact for the stride-8 grid whose cell i sits on pixel 8i.
+
+In training the logits are upsampled as U_h · x · U_wᵀ in float32 (``upsample_bilinear``): the same bilinear
+interpolation, written as small matrix products, whose result lies in memory channels-last (B, H, W, K) so that
+the cross-entropy reads each pixel's K logits contiguously (``losses.segmentation_loss``). On a 2-core CPU this
+took a head's upsampling and cross-entropy from ~21 to ~9 ms; PyTorch's NCHW log-softmax over the class
+dimension was most of it. Evaluation and export keep ``F.interpolate``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,43 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.train.model.resnet import DilatedResNet, scaled_width
+
+
+def bilinear_matrix(n_out: int, n_in: int, like: torch.Tensor) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation with ``align_corners=True``: output i samples input
+    position i·(n_in − 1)/(n_out − 1), PyTorch's definition."""
+    if n_in == 1 or n_out == 1:
+        m = torch.zeros(n_out, n_in, dtype=torch.float64)
+        m[:, 0] = 1.0
+        return m.to(device=like.device, dtype=like.dtype)
+    src = torch.arange(n_out, dtype=torch.float64) * ((n_in - 1) / (n_out - 1))
+    left = src.floor().long().clamp(max=n_in - 2)
+    frac = src - left
+    rows = torch.arange(n_out)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m[rows, left] = 1.0 - frac
+    m[rows, left + 1] += frac
+    return m.to(device=like.device, dtype=like.dtype)
+
+
+def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=True)`` as two matrix products, in float32 whatever
+    autocast says. The result is (B, K, H, W), float32, laid out channels-last: a view of a contiguous
+    (B, H, W, K) tensor."""
+    b, k, h, w = x.shape
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float().permute(0, 2, 3, 1)  # (B, h, w, K): a view when x is channels-last
+        u_h = bilinear_matrix(size[0], h, x)
+        u_w = bilinear_matrix(size[1], w, x)
+        rows = torch.matmul(u_w, x)  # (B, h, W, K)
+        out = torch.matmul(u_h, rows.reshape(b, h, size[1] * k))  # (B, H, W·K)
+        return out.view(b, size[0], size[1], k).permute(0, 3, 1, 2)
+
+
+def _upsample(x: torch.Tensor, size: tuple[int, int], training: bool) -> torch.Tensor:
+    if training:
+        return upsample_bilinear(x, size)
+    return F.interpolate(x, size, mode="bilinear", align_corners=True)
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
@@ -90,12 +133,12 @@ class PSPNet(nn.Module):
                              f"{x.shape[1]}")
         if self.fusion is not None:
             x = self.fusion(x)
-        return F.interpolate(self.classifier(x), size, mode="bilinear", align_corners=True)
+        return _upsample(self.classifier(x), size, self.training)
 
     def auxiliary(self, layer3: torch.Tensor, size: tuple[int, int]) -> torch.Tensor | None:
         if self.aux_head is None:
             return None
-        return F.interpolate(self.aux_head(layer3), size, mode="bilinear", align_corners=True)
+        return _upsample(self.aux_head(layer3), size, self.training)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Plain PSPNet logits (B, num_classes, H, W); only valid without extra classifier channels."""
