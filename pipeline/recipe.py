@@ -72,8 +72,8 @@ class StudentRecipe:
     width: float = 0.25  # PSPNet's architecture at a quarter of its widths
     # batch 16, 2,000 iterations: ~2.9 min per student on 2 cores (AMD EPYC, 85 ms a step with the matrix
     # upsampling and the allocator setting). On the seed-8 tuning world's 30 held-out rooms the baseline reached
-    # 41.4 / 40.4 % mIoU (seeds 8 / 9, evaluated at 0.45), the paired student 45.7 (seed 8; 42.7 for seed 9 at 0.375);
-    # 560 iterations gave 29.2, 1,100 gave 34.7
+    # 41.1 ± 0.6 % mIoU and the paired student 45.3 ± 0.9 (seeds 8, 9, 10, evaluated at 0.45); at 0.375, 560
+    # iterations gave the baseline 29.2, 1,100 gave 34.7
     iters: int = 2000
     batch_size: int = 16
     crop: int = 97

@@ -244,8 +244,8 @@ setting that was tried and what it gave). In short, all measured on a separate t
    in bf16 autocast with channels-last tensors, sqrt-inverse class weights, evaluated at scale 0.45: ~3 min per
    student. Since the 3rd session of 2026-12-02 a step costs about half (the training upsampling as matrix
    products read by a row-wise cross-entropy, and freed memory kept in the heap): on the tuning world 560
-   iterations gave the baseline 29.2 % mIoU, 2,000 gave 41.4 / 40.4 (seeds 8 / 9) and the paired student
-   45.0 / 42.7 (at scale 0.375).
+   iterations gave the baseline 29.2 % mIoU (at scale 0.375), 2,000 gave it 41.1 ± 0.6 and the paired student
+   45.3 ± 0.9 (seeds 8, 9, 10, at scale 0.45).
 4. **Earlier presets** (2026-11-24: 240 iterations of a full-width PSPNet-18 behind a 17 % teacher) left every
    student at the class prior (~4 % mIoU) and resolved none of the claims; their report is in the git history.
 """.splitlines()

@@ -26,6 +26,7 @@ dimension was most of it. Evaluation and export keep ``F.interpolate``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -35,21 +36,22 @@ from torch import nn
 from stages.train.model.resnet import DilatedResNet, scaled_width
 
 
-def bilinear_matrix(n_out: int, n_in: int, like: torch.Tensor) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def bilinear_matrix(n_out: int, n_in: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(n_out, n_in) weights of 1-D linear interpolation with ``align_corners=True``: output i samples input
-    position i·(n_in − 1)/(n_out − 1), PyTorch's definition."""
-    if n_in == 1 or n_out == 1:
-        m = torch.zeros(n_out, n_in, dtype=torch.float64)
-        m[:, 0] = 1.0
-        return m.to(device=like.device, dtype=like.dtype)
-    src = torch.arange(n_out, dtype=torch.float64) * ((n_in - 1) / (n_out - 1))
-    left = src.floor().long().clamp(max=n_in - 2)
-    frac = src - left
-    rows = torch.arange(n_out)
+    position i·(n_in − 1)/(n_out − 1), PyTorch's definition. Cached: a training run asks for the same few sizes
+    every step (read-only: callers must not modify it)."""
     m = torch.zeros(n_out, n_in, dtype=torch.float64)
-    m[rows, left] = 1.0 - frac
-    m[rows, left + 1] += frac
-    return m.to(device=like.device, dtype=like.dtype)
+    if n_in == 1 or n_out == 1:
+        m[:, 0] = 1.0
+    else:
+        src = torch.arange(n_out, dtype=torch.float64) * ((n_in - 1) / (n_out - 1))
+        left = src.floor().long().clamp(max=n_in - 2)
+        frac = src - left
+        rows = torch.arange(n_out)
+        m[rows, left] = 1.0 - frac
+        m[rows, left + 1] += frac
+    return m.to(device=device, dtype=dtype)
 
 
 def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -59,8 +61,8 @@ def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     b, k, h, w = x.shape
     with torch.autocast(x.device.type, enabled=False):
         x = x.float().permute(0, 2, 3, 1)  # (B, h, w, K): a view when x is channels-last
-        u_h = bilinear_matrix(size[0], h, x)
-        u_w = bilinear_matrix(size[1], w, x)
+        u_h = bilinear_matrix(size[0], h, x.device, x.dtype)
+        u_w = bilinear_matrix(size[1], w, x.device, x.dtype)
         rows = torch.matmul(u_w, x)  # (B, h, W, K)
         out = torch.matmul(u_h, rows.reshape(b, h, size[1] * k))  # (B, H, W·K)
         return out.view(b, size[0], size[1], k).permute(0, 3, 1, 2)
