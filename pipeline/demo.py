@@ -248,6 +248,7 @@ def results_json(cfg: DemoConfig | None, teacher_info: dict, results: dict[str, 
                        "wall_seconds": teacher_info.get("wall_seconds"),
                        "architecture": tcfg.get("architecture"), "voxel_size": tcfg.get("voxel_size"),
                        "input_features": tcfg.get("input_features", "color"),
+                       "point_head": bool(tcfg.get("point_head", False)),
                        "train_scenes": len(teacher_info.get("train_scenes") or []),
                        "extra_scenes": teacher_info.get("extra_scenes"),
                        "val_scenes": len(teacher_info.get("val_scenes") or []),
@@ -354,7 +355,8 @@ def write_report(out: Path, caches: dict[str, Path], results: dict[str, dict], s
     if cfg is not None:
         st = cfg.recipe.student
         lines += [f"CPU recipe (`pipeline/recipe.py`, seed {cfg.seed}): teacher {arch} at "
-                  f"{100 * (t['voxel_size'] or 0):.0f} cm (input: {t['input_features']}), "
+                  f"{100 * (t['voxel_size'] or 0):.0f} cm (input: {t['input_features']}"
+                  f"{', per-point head' if t.get('point_head') else ''}), "
                   f"{cfg.recipe.teacher.steps} steps on {t['train_scenes']} "
                   f"rooms ({t['extra_scenes']} of them 3D-only); students PSPNet-{st.depth} at width {st.width} "
                   f"(the paper's architecture, narrower), {st.iters} iterations of batch {st.batch_size}"

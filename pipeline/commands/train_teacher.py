@@ -88,6 +88,9 @@ def _load(dataset: str, root: Path, scenes: list[str] | None, split_file: Path |
 @click.option("--input-features", type=click.Choice(["color", "color+offset"]), default="color", show_default=True,
               help="Each voxel's input: its RGB (MinkowskiNet's), or RGB and the mean position of its points "
               "inside the voxel (sub-voxel geometry for coarse voxels).")
+@click.option("--point-head/--no-point-head", default=False, show_default=True,
+              help="Score each point, not only its voxel: a small MLP over the voxel's feature and the point's own "
+              "position inside the voxel and colour (ours, for coarse voxels; the cached features stay block8's).")
 @click.option("--voxel-size", type=float, default=0.02, show_default=True, help="Voxel edge in metres.")
 @click.option("--backend", type=click.Choice(["auto", "torch", "minkowski", "spconv"]), default="auto",
               show_default=True, help="Sparse-convolution backend ('auto': spconv on one deterministic thread "
@@ -102,7 +105,7 @@ def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file:
             extra_roots: tuple[Path, ...], val_scenes: str | None, val_split_file: Path | None, steps: int,
             epochs: float, crops_per_step: int, max_points: int, optimizer: str, lr: float, weight_decay: float,
             warmup: int, geometric_augment: bool, color_augment: bool, class_weights: str, voxel_targets: str,
-            eval_every: int, architecture: str, input_features: str,
+            eval_every: int, architecture: str, input_features: str, point_head: bool,
             voxel_size: float, backend: str, device: str, seed: int, processes: int, quiet: bool) -> None:
     """Train the 3D teacher on ROOT's labelled scans (and any --extra-root) and save it in MinkowskiEngine's
     state_dict layout.
@@ -116,8 +119,8 @@ def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file:
       distill-cache synth scannet rooms3d/ --scenes 200 --frames 0 --seed 1000
       distill-cache train-teacher --dataset scannet --root world/ --split-file world/scannetv2_train.txt \\
         --extra-root rooms3d/ --val-split-file world/scannetv2_val.txt --architecture Res16UNet14S \\
-        --voxel-size 0.08 --steps 1400 --processes 2 --class-weights sqrt-inverse --no-geometric-augment \\
-        --no-color-augment --eval-every 200 --out teacher.pth
+        --voxel-size 0.08 --input-features color+offset --point-head --steps 1200 --processes 2 \\
+        --class-weights sqrt-inverse --no-geometric-augment --no-color-augment --eval-every 300 --out teacher.pth
     """
     from pipeline.allocator import keep_freed_memory
     from stages.extract.teacher.train import Augmentation, ColorAugmentation, TeacherTrainConfig
@@ -133,12 +136,14 @@ def command(dataset: str, root: Path, out: Path, scenes: str | None, split_file:
                                     geometry=Augmentation() if geometric_augment else Augmentation.off())
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if point_head and voxel_targets != "points":
+        raise click.UsageError(f"--point-head learns from points; --voxel-targets {voxel_targets} gives it none")
     if crops_per_step % processes:
         raise click.UsageError(f"--crops-per-step {crops_per_step} is not divisible by --processes {processes}")
     job = TeacherJob(dataset=dataset, root=root, out=out, scenes=_names(scenes), split_file=split_file,
                      extra_roots=extra_roots, val_names=_names(val_scenes) or _read_split(val_split_file),
                      architecture=architecture, voxel_size=voxel_size, input_features=input_features,
-                     backend=backend, device=device,
+                     point_head=point_head, backend=backend, device=device,
                      recipe=recipe, progress=not quiet)
     report = run_processes(job, processes) if processes > 1 else job.run()
     val = report["val"]
@@ -165,6 +170,7 @@ class TeacherJob:
     architecture: str
     voxel_size: float
     input_features: str
+    point_head: bool
     backend: str
     device: str
     recipe: object  # TeacherTrainConfig (imported lazily)
@@ -194,7 +200,8 @@ class TeacherJob:
             if overlap:
                 raise click.UsageError(f"scenes both trained on and held out: {', '.join(sorted(overlap))}")
         cfg = TeacherConfig(architecture=self.architecture, voxel_size=self.voxel_size,
-                            input_features=self.input_features, backend=self.backend,
+                            input_features=self.input_features, point_head=self.point_head,
+                            backend=self.backend,
                             device=self.device)
         return train_teacher(train_records, val_records, LABEL_SPACES[space], cfg, self.recipe, out=self.out,
                              progress=progress, extra_scenes=len(train_records) - n_own)

@@ -136,10 +136,50 @@ FEATURE_LAYERS: dict[str, int] = {
 }
 
 
-class Res16UNet(nn.Module):
-    """Res16UNetBase with BasicBlock; ``forward`` returns the sparse tensor of one named layer."""
+POINT_INPUTS = 6  # a point's own position inside its voxel (3, -0.5..0.5) and its RGB (3, rgb/255 - 0.5)
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 20, architecture: str = "Res16UNet34C"):
+
+class PointHead(nn.Module):
+    """Per-point logits on top of a voxel network (ours; not in MinkowskiNet): a point's voxel feature with the
+    point's own sub-voxel position and colour, through a two-layer MLP, added to its voxel's ``final`` logits.
+
+    A voxel's points all get one prediction from a voxel network, so at 8 cm a floor voxel holding a chair leg, or
+    a wall voxel holding a picture's edge, costs whichever class it does not predict (the voxel ceiling: 81 % mIoU
+    at 8 cm on the synthetic world, 96 % at 2 cm). The head can split such a voxel by where each point lies in it.
+    The first layer is a linear map of [voxel feature, point inputs], computed as its two halves: the voxel half
+    once per voxel (a voxel holds several points), the point half per point. Its last layer starts at zero, so an
+    untrained head leaves the voxel logits unchanged.
+    """
+
+    def __init__(self, channels: int, out_channels: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or channels
+        self.voxel = nn.Linear(channels, hidden)
+        self.point = nn.Linear(POINT_INPUTS, hidden, bias=False)
+        self.out = nn.Linear(hidden, out_channels)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        std = math.sqrt(2.0 / (self.voxel.in_features + self.point.in_features))  # Kaiming over the whole input
+        with torch.no_grad():
+            self.voxel.weight.normal_(0.0, std, generator=generator)
+            self.voxel.bias.zero_()
+            self.point.weight.normal_(0.0, std, generator=generator)
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+
+    def forward(self, voxel_features: torch.Tensor, point_rows: torch.Tensor, point_inputs: torch.Tensor
+                ) -> torch.Tensor:
+        """(M, C) voxel features, (N,) each point's voxel row, (N, POINT_INPUTS) -> (N, classes)."""
+        h = self.voxel(voxel_features)[point_rows] + self.point(point_inputs.to(voxel_features.dtype))
+        return self.out(torch.relu(h))
+
+
+class Res16UNet(nn.Module):
+    """Res16UNetBase with BasicBlock; ``forward`` returns the sparse tensor of one named layer; with a
+    ``point_head``, ``point_logits`` scores every point (see ``PointHead``)."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 20, architecture: str = "Res16UNet34C",
+                 point_head: bool = False):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}")
@@ -173,6 +213,7 @@ class Res16UNet(nn.Module):
         self.bntr7 = SparseBatchNorm(p[7])
         self.block8 = Stage(p[7] + d, p[7], n[7])
         self.final = SparseConv(p[7], out_channels, kernel_size=1, bias=True)
+        self.point_head = PointHead(p[7], out_channels) if point_head else None
         self.channels = {"block1": p[0], "block2": p[1], "block3": p[2], "block4": p[3], "block5": p[4],
                          "block6": p[5], "block7": p[6], "block8": p[7], "final": out_channels}
 
@@ -184,6 +225,18 @@ class Res16UNet(nn.Module):
                 m.reset_parameters(g)
             elif isinstance(m, nn.BatchNorm1d):
                 m.reset_parameters()
+        if self.point_head is not None:
+            self.point_head.reset_parameters(g)
+
+    def point_logits(self, ops: SparseOps, x: Any, point_rows: torch.Tensor, point_inputs: torch.Tensor
+                     ) -> torch.Tensor:
+        """(N, classes) logits of N points: ``point_rows`` = each point's row in block8's coordinate map (the
+        input's, stride 1), ``point_inputs`` = (N, POINT_INPUTS). Without a point head: its voxel's logits."""
+        feats = self.forward(ops, x, layer="block8")
+        logits = ops.features(self.final(ops, feats))[point_rows]
+        if self.point_head is None:
+            return logits
+        return logits + self.point_head(ops.features(feats), point_rows, point_inputs)
 
     def forward(self, ops: SparseOps, x: Any, layer: str = "final") -> Any:  # type: ignore[override]
         if layer not in FEATURE_LAYERS:

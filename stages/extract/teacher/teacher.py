@@ -30,6 +30,9 @@ class TeacherConfig:
     # "color+offset" (also the mean position of its points inside the voxel, -0.5..0.5 per axis: the sub-voxel
     # geometry a coarse grid otherwise loses, e.g. a picture 2 cm proud of its wall at 8 cm voxels).
     input_features: str = "color"
+    # a per-point classifier over the voxel network (network.PointHead; ours, not the paper's): it changes the
+    # teacher's 3D predictions, not the features stage one caches (block8, one per voxel)
+    point_head: bool = False
 
     def __post_init__(self) -> None:
         if self.input_features not in INPUT_FEATURES:
@@ -62,6 +65,13 @@ def voxel_inputs(points: np.ndarray, colors: np.ndarray, vox: Voxelization, voxe
     counts = np.bincount(vox.point_voxel, minlength=m).astype(np.float64)
     mean = np.stack([np.bincount(vox.point_voxel, weights=local[:, k], minlength=m) for k in range(3)], axis=1)
     return np.concatenate([rgb, (mean / counts[:, None]).astype(np.float32)], axis=1)
+
+
+def point_inputs(points: np.ndarray, colors: np.ndarray, voxel_size: float) -> np.ndarray:
+    """(N, POINT_INPUTS) float32: each point's own position inside its voxel (-0.5..0.5 per axis, the arithmetic
+    of voxelize's floor) and its RGB as the network reads colours (``network.PointHead``'s input)."""
+    q = np.asarray(points, dtype=np.float64) / voxel_size
+    return np.concatenate([(q - np.floor(q) - 0.5).astype(np.float32), prepare_colors(colors)], axis=1)
 
 
 def check_points(points: np.ndarray, colors: np.ndarray, where: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +123,7 @@ class Teacher:
 
 
 def build_network(cfg: TeacherConfig) -> Res16UNet:
-    return Res16UNet(cfg.in_channels, cfg.num_classes, cfg.architecture)
+    return Res16UNet(cfg.in_channels, cfg.num_classes, cfg.architecture, point_head=cfg.point_head)
 
 
 def load_teacher(cfg: TeacherConfig, checkpoint: Path | None = None, *, init: str = "checkpoint",
@@ -141,6 +151,8 @@ def load_teacher(cfg: TeacherConfig, checkpoint: Path | None = None, *, init: st
                 raise ValueError(f"{checkpoint}: conv0p1s1 takes {int(first.shape[-2])} input channels; known "
                                  f"inputs: {INPUT_FEATURES}")
             cfg = dataclasses.replace(cfg, input_features=kinds[0])
+        # and whether it scores points with a head of its own (its weights come with it; features skip it)
+        cfg = dataclasses.replace(cfg, point_head=any(k.startswith("point_head.") for k in state))
         net = build_network(cfg)
         load_state_dict_strict(net, state, source=str(checkpoint))
         checkpoint_id = checkpoint_sha256(Path(checkpoint))

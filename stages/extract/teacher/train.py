@@ -7,7 +7,9 @@ its voxel's logits: exactly what the per-point 3D mIoU measures, so a voxel whos
 wall, a chair leg on the floor: 22 % of the synthetic world's points at 5 cm) learns its majority, instead of a
 coin toss (its first point's label) or nothing (ignored).
 Each voxel's input is ``TeacherConfig.input_features``: its RGB, or RGB and the mean sub-voxel position of its
-points (teacher.voxel_inputs), computed after augmentation exactly as extraction computes it.
+points (teacher.voxel_inputs), computed after augmentation exactly as extraction computes it. With a point head
+(``TeacherConfig.point_head``, network.PointHead) each point is scored from its voxel's feature and its own position
+and colour, in training and in the validation score alike.
 The learning rate warms up linearly, then decays with the poly policy; SGD (momentum 0.9, SpatioTemporal-
 Segmentation's recipe), Adam or AdamW. Every ``eval_every`` steps the held-out scenes are scored, which gives
 the learning curve (validation 3D mIoU against training seconds) in the sidecar.
@@ -37,7 +39,7 @@ from .backends import get_ops, resolve_backend
 from .checkpoint import checkpoint_sha256, save_teacher_checkpoint, sidecar_path
 from .network import Res16UNet
 from .sparse import SparseOps
-from .teacher import MAX_STRIDE, TeacherConfig, check_points, voxel_inputs
+from .teacher import MAX_STRIDE, TeacherConfig, check_points, point_inputs, voxel_inputs
 from .voxelize import Voxelization, rows_for_points, voxelize
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -191,6 +193,20 @@ def _voxel_batch(points: np.ndarray, colors: np.ndarray, cfg: TeacherConfig, dev
     return vox, torch.as_tensor(vox.coords, device=device), feats
 
 
+def _point_logits(net: Res16UNet, ops: SparseOps, x, vox: Voxelization, points: np.ndarray, colors: np.ndarray,
+                  cfg: TeacherConfig, device: torch.device) -> torch.Tensor:
+    """(N, classes) logits of every point: its voxel's, plus the point head's where the network has one."""
+    if net.point_head is None:  # the voxel logits alone, gathered per point only after the network
+        out = net(ops, x, layer="final")
+        rows = rows_for_points(vox.point_coords, 1, ops.coordinates(out).cpu().numpy())
+        return ops.features(out)[torch.as_tensor(rows, device=device)]
+    # backends may reorder rows: points reach theirs through block8's coordinates (the input's, stride 1)
+    rows = torch.as_tensor(rows_for_points(vox.coords, 1, ops.coordinates(x).cpu().numpy())[vox.point_voxel],
+                           device=device)
+    inputs = torch.as_tensor(point_inputs(points, colors, cfg.voxel_size), device=device)
+    return net.point_logits(ops, x, rows, inputs)
+
+
 def _confusion(pred: np.ndarray, target: np.ndarray, n: int) -> np.ndarray:
     keep = target != IGNORE
     return np.bincount(target[keep].astype(np.int64) * n + pred[keep], minlength=n * n).reshape(n, n)
@@ -218,9 +234,8 @@ def evaluate_scenes(net: Res16UNet, ops: SparseOps, scenes: Sequence[SceneRecord
         if len(sc.points) == 0:
             continue
         vox, coords, feats = _voxel_batch(sc.points, sc.colors, cfg, device, dtype)
-        out = net(ops, ops.from_voxels(coords, feats), layer="final")
-        rows = rows_for_points(vox.point_coords, 1, ops.coordinates(out).cpu().numpy())
-        pred = ops.features(out).argmax(dim=1).cpu().numpy()[rows]
+        pred = _point_logits(net, ops, ops.from_voxels(coords, feats), vox, sc.points, sc.colors, cfg,
+                             device).argmax(dim=1).cpu().numpy()
         conf += _confusion(pred, label_space.to_train_ids(sc.labels), n)
     miou, ious = miou_from_confusion(conf)
     total = conf.sum()
@@ -334,7 +349,9 @@ def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecor
     backend = resolve_backend(cfg.backend if cfg.backend != "auto" else training_backend(cfg.device),
                               cfg.device)
     ops = get_ops(backend, cfg.device)
-    net = Res16UNet(cfg.in_channels, cfg.num_classes, cfg.architecture)
+    if cfg.point_head and recipe.voxel_targets != "points":
+        raise ValueError(f"a point head learns from points: voxel_targets {recipe.voxel_targets!r} gives it none")
+    net = Res16UNet(cfg.in_channels, cfg.num_classes, cfg.architecture, point_head=cfg.point_head)
     net.reset_parameters(recipe.seed)
     net.to(device)
     params = list(net.parameters())
@@ -362,13 +379,14 @@ def train_teacher(scenes: Sequence[SceneRecord], val_scenes: Sequence[SceneRecor
             net.train()
             pts, cols, ids = sampler.step(cfg.voxel_size)
             vox, coords, feats = _voxel_batch(pts, cols, cfg, device, torch.float32)
-            out_t = net(ops, ops.from_voxels(coords, feats), layer="final")
-            # backends may reorder rows: targets reach their rows through the output coordinates
-            rows = rows_for_points(vox.coords, 1, ops.coordinates(out_t).cpu().numpy())
+            x = ops.from_voxels(coords, feats)
             if recipe.voxel_targets == "points":
-                logits = ops.features(out_t)[torch.as_tensor(rows[vox.point_voxel], device=device)]
+                logits = _point_logits(net, ops, x, vox, pts, cols, cfg, device)
                 aligned = torch.as_tensor(ids.astype(np.int64), device=device)
             else:
+                out_t = net(ops, x, layer="final")
+                # backends may reorder rows: targets reach their rows through the output coordinates
+                rows = rows_for_points(vox.coords, 1, ops.coordinates(out_t).cpu().numpy())
                 logits = ops.features(out_t)[torch.as_tensor(rows, device=device)]
                 aligned = torch.as_tensor(voxel_targets(ids, vox, recipe.voxel_targets == "ignore-mixed"),
                                           device=device)
