@@ -24,6 +24,7 @@ def test_demo_smoke_end_to_end(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert 0.0 <= res["teacher"]["miou"] <= 1.0 and res["teacher"]["seconds"] > 0
     assert res["teacher"]["extra_scenes"] == 2 and len(res["teacher"]["curve"]) == 2
+    assert res["teacher"]["point_head"] is True and "per-point head" in report  # the recipe's teacher scores points
     for mode in ("baseline", "paired"):
         st = res["students"][mode]
         assert 0.0 <= st["miou"] <= 1.0 and 0.0 <= st["pixel_accuracy"] <= 1.0 and st["seconds"] > 0

@@ -167,3 +167,30 @@ def test_label_embedding_control_gets_the_teachers_channel_count(tmp_path):
     assert teacher_channels(tmp_path / "t.pth") == 48
     (tmp_path / "t.pth.json").write_text(json.dumps({"config": {"architecture": "Res16UNet34C"}}))
     assert teacher_channels(tmp_path / "t.pth") == 96
+
+
+def test_the_reproductions_teacher_trains_longer_than_the_demos_and_nothing_else_differs():
+    import dataclasses
+
+    from pipeline.recipe import CpuRecipe
+    from pipeline.reproduce import PRESETS, ReproduceConfig
+
+    demo, rep = CpuRecipe(), PRESETS["cpu"].recipe
+    assert rep.teacher.steps == 3 * demo.teacher.steps and ReproduceConfig().recipe == rep
+    assert rep.world == demo.world and rep.student == demo.student
+    same_budget = dataclasses.replace(rep.teacher, steps=demo.teacher.steps, eval_every=demo.teacher.eval_every)
+    assert same_budget == demo.teacher
+    assert "--point-head" in demo.teacher.args() and "--no-point-head" in PRESETS["gpu"].recipe.teacher.args()
+
+
+def test_world_seed_moves_world_a_its_restyle_and_the_teachers_repository():
+    from pipeline.reproduce import parse_args
+
+    cfg, out, seeds, runs = parse_args(["--world-seed", "9", "--seeds", "3,4", "--runs", "baseline,paired"])
+    assert (cfg.world_seed, cfg.nyu_world_seed, seeds, runs) == (9, 1, [3, 4], ["baseline", "paired"])
+    rooms = cfg.recipe.world.rooms_args("r", cfg.world_seed)
+    assert rooms[rooms.index("--seed") + 1] == "1009"
+    cfg, *_ = parse_args(["--world-seed", "1"])
+    assert (cfg.world_seed, cfg.nyu_world_seed) == (1, 2)  # never the NYU world's rooms
+    cfg, *_ = parse_args([])
+    assert (cfg.world_seed, cfg.nyu_world_seed, cfg.preset) == (0, 1, "cpu")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from test_teacher_backends import require, synthetic_room
 
 from cache_schema.labels import SCANNET20
 from pipeline.cli import main
@@ -17,7 +18,13 @@ from stages.extract.teacher.backends import get_ops
 from stages.extract.teacher.checkpoint import read_state_dict
 from stages.extract.teacher.network import POINT_INPUTS, Res16UNet
 from stages.extract.teacher.teacher import MAX_STRIDE, point_inputs, prepare_colors, voxel_inputs
-from stages.extract.teacher.train import Augmentation, ColorAugmentation, TeacherTrainConfig, train_teacher
+from stages.extract.teacher.train import (
+    Augmentation,
+    ColorAugmentation,
+    TeacherTrainConfig,
+    _point_logits,
+    train_teacher,
+)
 from stages.extract.teacher.voxelize import rows_for_points, voxelize
 
 VOXEL = 0.1
@@ -59,12 +66,13 @@ def test_an_untrained_point_head_leaves_the_voxel_logits_unchanged():
     with torch.no_grad():
         out = net(ops, x, layer="final")
         voxel_rows = rows_for_points(vox.point_coords, 1, ops.coordinates(out).numpy())
-        rows = torch.as_tensor(rows_for_points(vox.coords, 1, ops.coordinates(x).numpy())[vox.point_voxel])
-        logits = net.point_logits(ops, x, rows, torch.as_tensor(point_inputs(sc.points, sc.colors, VOXEL)))
+        block8 = net(ops, x, layer="block8")
+        rows = torch.as_tensor(rows_for_points(vox.point_coords, 1, ops.coordinates(block8).numpy()))
+        logits = net.point_logits(ops, block8, rows, torch.as_tensor(point_inputs(sc.points, sc.colors, VOXEL)))
         np.testing.assert_allclose(logits.numpy(), ops.features(out).numpy()[voxel_rows], atol=1e-5)
         # and a head that has learned something moves them, point by point inside one voxel
         net.point_head.out.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
-        moved = net.point_logits(ops, x, rows, torch.as_tensor(point_inputs(sc.points, sc.colors, VOXEL)))
+        moved = net.point_logits(ops, block8, rows, torch.as_tensor(point_inputs(sc.points, sc.colors, VOXEL)))
     assert not torch.allclose(moved, logits, atol=1e-3)
 
 
@@ -143,3 +151,26 @@ def test_train_teacher_cli_takes_a_point_head_and_refuses_it_without_point_targe
         train_teacher([layered_scene("a", 0)], [], SCANNET20, TeacherConfig(backend="torch", point_head=True,
                                                                             architecture="Res16UNet14S"),
                       TeacherTrainConfig(steps=1, voxel_targets="first"), out=tmp_path / "x.pth", progress=False)
+
+
+@pytest.mark.parametrize("name", ["minkowski", "spconv"])
+def test_point_logits_agree_across_backends(name):
+    """Backends order a layer's rows their own way; each point must still meet its own voxel's feature."""
+    require(name)
+    pts, cols = synthetic_room()
+    cfg = TeacherConfig(architecture="Res16UNet14S", voxel_size=0.05, point_head=True)
+    net = Res16UNet(3, 20, "Res16UNet14S", point_head=True)
+    net.reset_parameters(3)
+    with torch.no_grad():
+        net.point_head.out.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(4))
+    net.eval()
+    vox = voxelize(pts, cfg.voxel_size, align=MAX_STRIDE)
+    feats = torch.as_tensor(voxel_inputs(pts, cols, vox, cfg.voxel_size))
+    got = {}
+    with torch.no_grad():
+        for b in ("torch", name):
+            ops = get_ops(b, "cpu")
+            x = ops.from_voxels(torch.as_tensor(vox.coords), feats)
+            got[b] = _point_logits(net, ops, x, vox, pts, cols, cfg, torch.device("cpu")).numpy()
+    assert got["torch"].shape == (len(pts), 20) and float(np.abs(got["torch"]).max()) > 1e-2
+    assert float(np.abs(got[name] - got["torch"]).max()) <= 1e-4

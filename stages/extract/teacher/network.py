@@ -228,15 +228,15 @@ class Res16UNet(nn.Module):
         if self.point_head is not None:
             self.point_head.reset_parameters(g)
 
-    def point_logits(self, ops: SparseOps, x: Any, point_rows: torch.Tensor, point_inputs: torch.Tensor
+    def point_logits(self, ops: SparseOps, block8: Any, point_rows: torch.Tensor, point_inputs: torch.Tensor
                      ) -> torch.Tensor:
-        """(N, classes) logits of N points: ``point_rows`` = each point's row in block8's coordinate map (the
-        input's, stride 1), ``point_inputs`` = (N, POINT_INPUTS). Without a point head: its voxel's logits."""
-        feats = self.forward(ops, x, layer="block8")
-        logits = ops.features(self.final(ops, feats))[point_rows]
+        """(N, classes) logits of N points from ``block8`` (this network's block8 output): ``point_rows`` = each
+        point's row in block8's coordinate map, ``point_inputs`` = (N, POINT_INPUTS). Without a point head: its
+        voxel's logits."""
+        logits = ops.features(self.final(ops, block8))[point_rows]
         if self.point_head is None:
             return logits
-        return logits + self.point_head(ops.features(feats), point_rows, point_inputs)
+        return logits + self.point_head(ops.features(block8), point_rows, point_inputs)
 
     def forward(self, ops: SparseOps, x: Any, layer: str = "final") -> Any:  # type: ignore[override]
         if layer not in FEATURE_LAYERS:

@@ -200,11 +200,12 @@ def _point_logits(net: Res16UNet, ops: SparseOps, x, vox: Voxelization, points: 
         out = net(ops, x, layer="final")
         rows = rows_for_points(vox.point_coords, 1, ops.coordinates(out).cpu().numpy())
         return ops.features(out)[torch.as_tensor(rows, device=device)]
-    # backends may reorder rows: points reach theirs through block8's coordinates (the input's, stride 1)
-    rows = torch.as_tensor(rows_for_points(vox.coords, 1, ops.coordinates(x).cpu().numpy())[vox.point_voxel],
+    block8 = net(ops, x, layer="block8")
+    # backends may reorder rows: points reach theirs through block8's coordinates
+    rows = torch.as_tensor(rows_for_points(vox.point_coords, 1, ops.coordinates(block8).cpu().numpy()),
                            device=device)
     inputs = torch.as_tensor(point_inputs(points, colors, cfg.voxel_size), device=device)
-    return net.point_logits(ops, x, rows, inputs)
+    return net.point_logits(ops, block8, rows, inputs)
 
 
 def _confusion(pred: np.ndarray, target: np.ndarray, n: int) -> np.ndarray:
