@@ -116,6 +116,7 @@ def test_reproduce_smoke_end_to_end(tmp_path):
         assert run_cfg["loss"]["class_weights"] == weights, run
     assert [r["run"] for r in t["weighting"]] == ["baseline", "paired", "baseline-unweighted", "paired-unweighted"]
     assert "## The recipe's class weights or the paper's unweighted L_s?" in report
+    assert "(input color+offset, per-point head)" in report  # the teacher the recipe trains
 
     # a second invocation reuses every step and writes the same tables
     r2 = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
