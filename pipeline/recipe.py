@@ -43,7 +43,7 @@ class TeacherRecipe:
     input_features: str = "color+offset"
     # scores each point from its voxel's feature and its own position inside the voxel (`--point-head`): +4 to +5
     # points on the tuning world at the same steps (1,200: 60.6 -> 64.8 / 66.1; wall 69 -> 89, floor 83 -> 92, door
-    # 43 -> 60), for ~10 % more time a step
+    # 43 -> 60), for 10-20 % more time a step; world A's demo teacher: 61.2 -> 68.6
     point_head: bool = True
     # 1,200 steps keep the demo inside 15 min on a slow hour: 60.1 % on the seed-8 tuning world's 30 held-out rooms,
     # against 61.6 % at 1,400 (50 s more)
