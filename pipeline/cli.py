@@ -12,6 +12,8 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "Generate a synthetic indoor world written in a real dataset's on-disk format."),
     "train-teacher": ("train_teacher", "Train the 3D teacher (Res16UNet34C) on a dataset's 3D labels."),
+    "evaluate-teacher": ("evaluate_teacher", "Score a 3D teacher per class against its voxel ceiling, with its "
+                         "confusions."),
     "extract": ("extract", "Stage one: run the 3D teacher and project its features into a Zarr cache."),
     "stats": ("stats", "Recompute a cache's global feature statistics from its per-scene moments."),
     "inspect": ("inspect", "Summarize a cache, dump one frame, or render its coverage."),

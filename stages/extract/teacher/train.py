@@ -222,10 +222,18 @@ def miou_from_confusion(conf: np.ndarray) -> tuple[float, list[float | None]]:
     return (float(np.mean(present)) if present else 0.0), ious
 
 
+def _scores(conf: np.ndarray, label_space: LabelSpace) -> dict:
+    miou, ious = miou_from_confusion(conf)
+    total = conf.sum()
+    return {"miou": miou, "iou": dict(zip(label_space.names, ious, strict=True)),
+            "accuracy": float(np.trace(conf) / total) if total else 0.0, "points": int(total)}
+
+
 @torch.no_grad()
 def evaluate_scenes(net: Res16UNet, ops: SparseOps, scenes: Sequence[SceneRecord], label_space: LabelSpace,
-                    cfg: TeacherConfig, device: torch.device) -> dict:
-    """Per-point 3D mIoU (each point takes its voxel's prediction)."""
+                    cfg: TeacherConfig, device: torch.device, *, with_confusion: bool = False) -> dict:
+    """Per-point 3D mIoU (each point takes its voxel's prediction, or the point head's). ``with_confusion``: also
+    ``confusion``, the (classes × classes) point counts, rows = ground truth, columns = prediction."""
     net.eval()
     n = label_space.num_classes
     conf = np.zeros((n, n), np.int64)
@@ -238,10 +246,25 @@ def evaluate_scenes(net: Res16UNet, ops: SparseOps, scenes: Sequence[SceneRecord
         pred = _point_logits(net, ops, ops.from_voxels(coords, feats), vox, sc.points, sc.colors, cfg,
                              device).argmax(dim=1).cpu().numpy()
         conf += _confusion(pred, label_space.to_train_ids(sc.labels), n)
-    miou, ious = miou_from_confusion(conf)
-    total = conf.sum()
-    return {"miou": miou, "iou": dict(zip(label_space.names, ious, strict=True)),
-            "accuracy": float(np.trace(conf) / total) if total else 0.0, "points": int(total)}
+    return _scores(conf, label_space) | ({"confusion": conf.tolist()} if with_confusion else {})
+
+
+def voxel_ceiling(scenes: Sequence[SceneRecord], label_space: LabelSpace, voxel_size: float) -> dict:
+    """What a classifier of voxels can score at most: every point given its voxel's majority label (ignored points
+    do not vote), scored like ``evaluate_scenes``. A teacher at its ceiling in a class needs smaller voxels or a
+    point head there, not more training."""
+    n = label_space.num_classes
+    conf = np.zeros((n, n), np.int64)
+    for sc in scenes:
+        if len(sc.points) == 0:
+            continue
+        vox = voxelize(sc.points, voxel_size, align=MAX_STRIDE)
+        ids = label_space.to_train_ids(sc.labels)
+        keep = ids != IGNORE
+        votes = np.zeros((len(vox.coords), n), np.int64)
+        np.add.at(votes, (vox.point_voxel[keep], ids[keep].astype(np.int64)), 1)
+        conf += _confusion(votes.argmax(axis=1)[vox.point_voxel], ids, n)
+    return _scores(conf, label_space)
 
 
 def training_backend(device: str = "cpu") -> str:
