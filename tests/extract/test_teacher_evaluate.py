@@ -7,6 +7,7 @@ import json
 import numpy as np
 from click.testing import CliRunner
 from test_teacher_point_head import VOXEL, _voxel_ceiling, layered_scene
+from test_teacher_train import synth_rooms
 
 from cache_schema.labels import SCANNET20
 from pipeline.cli import main
@@ -31,9 +32,7 @@ def test_confusions_lists_the_largest_mistakes_as_fractions():
 
 def test_evaluate_teacher_scores_what_train_teacher_scored(tmp_path):
     root = tmp_path / "world"
-    r = CliRunner().invoke(main, ["synth", "scannet", str(root), "--scenes", "4", "--frames", "0",
-                                  "--vertex-spacing", "0.1", "--seed", "3", "--quiet"])
-    assert r.exit_code == 0, r.output
+    synth_rooms(root, scenes=4)
     ck = tmp_path / "t.pth"
     # 3D-only rooms are all listed for training: hold the last one out
     names = (root / "scannetv2_train.txt").read_text().split()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_teacher_train import toy_scene
+from test_teacher_train import synth_rooms, toy_scene
 
 from cache_schema.labels import SCANNET20
 from pipeline.cli import main
@@ -106,9 +106,7 @@ def test_a_checkpoint_with_an_unknown_input_width_is_refused(tmp_path):
 
 def test_train_teacher_cli_takes_the_input_features(tmp_path):
     root = tmp_path / "world"
-    r = CliRunner().invoke(main, ["synth", "scannet", str(root), "--scenes", "3", "--frames", "0",
-                                  "--vertex-spacing", "0.1", "--seed", "3", "--quiet"])
-    assert r.exit_code == 0, r.output
+    synth_rooms(root)
     ck = tmp_path / "t.pth"
     r = CliRunner().invoke(main, ["train-teacher", "--dataset", "scannet", "--root", str(root), "--out", str(ck),
                                   "--split-file", str(root / "scannetv2_train.txt"),

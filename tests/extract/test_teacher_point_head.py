@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from test_teacher_backends import require, synthetic_room
+from test_teacher_train import synth_rooms
 
 from cache_schema.labels import SCANNET20
 from pipeline.cli import main
@@ -135,9 +136,7 @@ def test_a_point_head_checkpoint_loads_for_extraction_and_its_features_are_block
 
 def test_train_teacher_cli_takes_a_point_head_and_refuses_it_without_point_targets(tmp_path):
     root = tmp_path / "world"
-    r = CliRunner().invoke(main, ["synth", "scannet", str(root), "--scenes", "3", "--frames", "0",
-                                  "--vertex-spacing", "0.1", "--seed", "3", "--quiet"])
-    assert r.exit_code == 0, r.output
+    synth_rooms(root)
     ck = tmp_path / "t.pth"
     args = ["train-teacher", "--dataset", "scannet", "--root", str(root), "--out", str(ck), "--split-file",
             str(root / "scannetv2_train.txt"), "--architecture", "Res16UNet14S", "--voxel-size", "0.1", "--steps",

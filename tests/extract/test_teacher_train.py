@@ -41,6 +41,13 @@ def toy_scene(name: str, seed: int, n: int = 2400) -> SceneRecord:
                        label_space=SCANNET20.name)
 
 
+def synth_rooms(root, scenes: int = 3) -> None:
+    """`synth --frames 0`: a few coarse 3D-only rooms in ScanNet's layout, all listed for training."""
+    r = CliRunner().invoke(main, ["synth", "scannet", str(root), "--scenes", str(scenes), "--frames", "0",
+                                  "--vertex-spacing", "0.1", "--seed", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+
+
 def test_miou_counts_only_present_classes():
     conf = np.array([[5, 1, 0], [1, 3, 0], [0, 0, 0]])
     miou, ious = miou_from_confusion(conf)
