@@ -83,7 +83,7 @@ PRESETS: dict[str, ReproduceConfig] = {
     "smoke": ReproduceConfig(preset="smoke", recipe=smoke_recipe(), nyu_scenes=2, nyu_frames=6, nyu_size="96x72",
                              probe_iters=5, probe_batch=2),
     # the default: the demo's recipe with a teacher trained 3x as long, every table, 3 seeds (~2 h 40 min on 2 cores)
-    "cpu": ReproduceConfig(preset="cpu", recipe=reproduction_recipe()),
+    "cpu": ReproduceConfig(preset="cpu"),
     # paper-like student sizes on one GPU
     "gpu": ReproduceConfig(preset="gpu", recipe=_gpu_recipe(), nyu_scenes=24, nyu_frames=40, nyu_size="640x480",
                            device="cuda", probe_iters=3000, probe_batch=16),

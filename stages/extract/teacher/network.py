@@ -228,14 +228,16 @@ class Res16UNet(nn.Module):
         if self.point_head is not None:
             self.point_head.reset_parameters(g)
 
-    def point_logits(self, ops: SparseOps, block8: Any, point_rows: torch.Tensor, point_inputs: torch.Tensor
-                     ) -> torch.Tensor:
+    def point_logits(self, ops: SparseOps, block8: Any, point_rows: torch.Tensor,
+                     point_inputs: torch.Tensor | None = None) -> torch.Tensor:
         """(N, classes) logits of N points from ``block8`` (this network's block8 output): ``point_rows`` = each
-        point's row in block8's coordinate map, ``point_inputs`` = (N, POINT_INPUTS). Without a point head: its
-        voxel's logits."""
+        point's row in block8's coordinate map, ``point_inputs`` = (N, POINT_INPUTS), needed only with a point
+        head. Without one: its voxel's logits."""
         logits = ops.features(self.final(ops, block8))[point_rows]
         if self.point_head is None:
             return logits
+        if point_inputs is None:
+            raise ValueError("a network with a point head needs each point's inputs (teacher.point_inputs)")
         return logits + self.point_head(ops.features(block8), point_rows, point_inputs)
 
     def forward(self, ops: SparseOps, x: Any, layer: str = "final") -> Any:  # type: ignore[override]

@@ -196,15 +196,12 @@ def _voxel_batch(points: np.ndarray, colors: np.ndarray, cfg: TeacherConfig, dev
 def _point_logits(net: Res16UNet, ops: SparseOps, x, vox: Voxelization, points: np.ndarray, colors: np.ndarray,
                   cfg: TeacherConfig, device: torch.device) -> torch.Tensor:
     """(N, classes) logits of every point: its voxel's, plus the point head's where the network has one."""
-    if net.point_head is None:  # the voxel logits alone, gathered per point only after the network
-        out = net(ops, x, layer="final")
-        rows = rows_for_points(vox.point_coords, 1, ops.coordinates(out).cpu().numpy())
-        return ops.features(out)[torch.as_tensor(rows, device=device)]
     block8 = net(ops, x, layer="block8")
     # backends may reorder rows: points reach theirs through block8's coordinates
     rows = torch.as_tensor(rows_for_points(vox.point_coords, 1, ops.coordinates(block8).cpu().numpy()),
                            device=device)
-    inputs = torch.as_tensor(point_inputs(points, colors, cfg.voxel_size), device=device)
+    inputs = (torch.as_tensor(point_inputs(points, colors, cfg.voxel_size), device=device)
+              if net.point_head is not None else None)
     return net.point_logits(ops, block8, rows, inputs)
 
 
